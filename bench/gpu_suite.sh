@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# GPU benchmark suite for a machine with 1 or 2 NVIDIA GPUs: the GPT-like DDP model by hand-written DDP, the
+# trainer core and Lightning, interleaved, on 1 and 2 GPUs, two repetitions each; then a Markdown table.
+#   bash bench/gpu_suite.sh OUT_DIR [REPS]
+set -uo pipefail
+out="${1:?usage: gpu_suite.sh OUT_DIR [REPS]}"
+reps="${2:-2}"
+mkdir -p "$out"
+export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+gpus_available=$(python3 -c 'import torch; print(torch.cuda.device_count())')
+impls="hand tc lightning"
+python3 -c 'import lightning' 2>/dev/null || impls="hand tc"
+for rep in $(seq "$reps"); do
+    for gpus in 1 2; do
+        [ "$gpus" -le "$gpus_available" ] || continue
+        for impl in $impls; do
+            echo "== rep $rep, $gpus GPU(s), $impl"
+            python3 -m torch.distributed.run --standalone --nproc-per-node="$gpus" bench/gpu_ddp.py \
+                --impl "$impl" --out "$out/gpu_ddp.jsonl" >"$out/log-$impl-$gpus-$rep.txt" 2>&1 \
+                || { echo "FAILED: see log-$impl-$gpus-$rep.txt"; tail -20 "$out/log-$impl-$gpus-$rep.txt"; }
+        done
+    done
+done
+python3 bench/gpu_report.py "$out/gpu_ddp.jsonl" | tee "$out/gpu_ddp.md"
