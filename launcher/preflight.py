@@ -1,0 +1,42 @@
+"""The checks that need more than the config: GPUs present (torch, imported only when needed), user classes."""
+
+from __future__ import annotations
+
+from launcher.config import JobConfig
+from launcher.errors import ConfigError
+from launcher.targets import check_arguments
+
+
+def gpu_count() -> int:
+    """The number of visible CUDA devices; imports torch, so only called when the answer matters."""
+    import torch
+
+    return int(torch.cuda.device_count())
+
+
+def check_resources(job: JobConfig) -> None:
+    """Refuse requests this machine cannot serve (local runs only; the Slurm backend checks the partition)."""
+    if job.cluster is not None:
+        return
+    trainer = job.trainer
+    wants_gpu = trainer.accelerator in ("gpu", "cuda")
+    if not (wants_gpu or trainer.precision == "16-mixed"):
+        return
+    available = gpu_count()
+    if wants_gpu and available < trainer.devices:
+        raise ConfigError(
+            f"trainer.accelerator={trainer.accelerator} with trainer.devices={trainer.devices}: this machine has "
+            f"{available} GPU(s). Use trainer.accelerator=cpu (or auto), lower trainer.devices, or submit to a "
+            "cluster with +cluster=slurm."
+        )
+    if trainer.precision == "16-mixed" and available == 0:
+        raise ConfigError(
+            f"trainer.precision=16-mixed: float16 mixed precision needs a GPU, and trainer.accelerator="
+            f"{trainer.accelerator} resolves to CPU here (no GPU found). Use trainer.precision=bf16-mixed or 32-true."
+        )
+
+
+def check_targets(job: JobConfig) -> None:
+    """Import the model and data classes and check their arguments, before any rank starts."""
+    check_arguments(job.model, "model")
+    check_arguments(job.data, "data")

@@ -1,0 +1,121 @@
+"""What every rank runs: read the run's config.yaml, log to logs/rank{r}.log, build the Trainer and fit.
+
+Started as `python -m launcher.rank_main RUN_DIR` by the local backend (torch's elastic agent) or by `srun`,
+or called in-process by `launch` for a one-rank job. Never runs Hydra: the config was composed once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from launcher import rundir
+from launcher.config import JobConfig
+from launcher.targets import instantiate
+from launcher.validate import job_from_dict
+
+log = logging.getLogger(__name__)
+
+
+def global_rank() -> int:
+    """This process's global rank, from torchrun-style or Slurm variables (0 in a one-process job)."""
+    return int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0")))
+
+
+def setup_logging(run_dir: Path, rank: int) -> None:
+    """Every rank logs to its own file; rank zero also to the console. Each line carries the rank."""
+    log_file = run_dir / "logs" / f"rank{rank}.log"
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    formatter = logging.Formatter(f"[rank{rank}] %(asctime)s %(levelname)s %(name)s: %(message)s")
+    handlers: list[logging.Handler] = [logging.FileHandler(log_file)]
+    if rank == 0:
+        handlers.append(logging.StreamHandler(sys.stderr))
+    root = logging.getLogger()
+    for handler in handlers:
+        handler.setFormatter(formatter)
+        root.addHandler(handler)
+    root.setLevel(logging.INFO)
+
+
+def read_job(run_dir: Path) -> JobConfig:
+    """The run's resolved config, validated again (the file may have been edited by hand)."""
+    data: dict[str, Any] = yaml.safe_load((run_dir / rundir.CONFIG_FILE).read_text())
+    return job_from_dict(data)
+
+
+def build_callbacks(job: JobConfig, run_dir: Path) -> list[Any]:
+    """ModelCheckpoint into run_dir/checkpoints (with last.ckpt), the optional callbacks, the manifest keeper."""
+    import trainer_core as tc
+    from launcher.manifest_callback import RunManifestCallback
+
+    callbacks: list[Any] = [RunManifestCallback(run_dir)]
+    settings = job.callbacks
+    if job.trainer.enable_checkpointing:
+        checkpoint = dataclasses.asdict(settings.checkpoint)
+        callbacks.append(
+            tc.callbacks.ModelCheckpoint(dirpath=str(run_dir / "checkpoints"), save_last=True, **checkpoint)
+        )
+    if settings.early_stopping.enabled:
+        stopping = {k: v for k, v in dataclasses.asdict(settings.early_stopping).items() if k != "enabled"}
+        callbacks.append(tc.callbacks.EarlyStopping(**stopping))
+    if settings.lr_monitor:
+        callbacks.append(tc.callbacks.LearningRateMonitor())
+    if settings.device_stats:
+        callbacks.append(tc.callbacks.DeviceStatsMonitor())
+    return callbacks
+
+
+def build_logger(job: JobConfig, run_dir: Path) -> Any:
+    """The metric logger, writing under the run directory with a fixed version so a resume continues it."""
+    import trainer_core as tc
+
+    if job.logger.kind == "tensorboard":
+        return tc.loggers.TensorBoardLogger(save_dir=str(run_dir), name="tb", version="")
+    if job.logger.kind == "csv":
+        return tc.loggers.CSVLogger(save_dir=str(run_dir), name="csv", version="")
+    return False
+
+
+def run(run_dir: Path) -> None:
+    """Train the run in run_dir on this rank, resuming from checkpoints/last.ckpt when it exists."""
+    rank = global_rank()
+    setup_logging(run_dir, rank)
+    job = read_job(run_dir)
+    import trainer_core as tc
+
+    tc.seed_everything(job.seed)
+    model = instantiate(job.model)
+    datamodule = instantiate(job.data)
+    trainer = tc.Trainer(
+        **dataclasses.asdict(job.trainer),
+        default_root_dir=str(run_dir),
+        logger=build_logger(job, run_dir),
+        callbacks=build_callbacks(job, run_dir),
+    )
+    last_ckpt = run_dir / rundir.LAST_CKPT
+    ckpt_path = str(last_ckpt) if last_ckpt.is_file() else None
+    if ckpt_path:
+        log.info("resuming from %s", ckpt_path)
+    log.info("run directory: %s (world size %d)", run_dir, trainer.world_size)
+    trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+
+
+def main() -> None:
+    """Entry point of one rank: `python -m launcher.rank_main RUN_DIR`."""
+    from torch.distributed.elastic.multiprocessing.errors import record
+
+    if len(sys.argv) != 2:
+        sys.exit("usage: python -m launcher.rank_main RUN_DIR")
+    # record() writes this rank's exception and traceback to the error file the elastic agent reads,
+    # so `launch` can show which rank failed and why.
+    record(run)(Path(sys.argv[1]).resolve())
+
+
+if __name__ == "__main__":
+    main()
