@@ -62,6 +62,9 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="[launch] %(message)s")
     # Hydra's own error printer exits with code 1; full errors let this function report them with code 2.
     os.environ.setdefault("HYDRA_FULL_ERROR", "1")
+    # `_target_` classes of a project in the current directory import as they would under `python -m`
+    # (which is how every rank starts, so the launcher and its ranks see the same modules).
+    sys.path.insert(0, os.getcwd())
     try:
         _register()
         import hydra

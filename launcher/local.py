@@ -36,7 +36,7 @@ def run_local(run_dir: Path, job: JobConfig) -> None:
         if job.trainer.devices == 1:
             from launcher import rank_main
 
-            rank_main.run(run_dir)
+            rank_main.run(run_dir, in_launcher=True)
         else:
             _run_elastic(run_dir, job.trainer.devices)
     except BaseException as error:

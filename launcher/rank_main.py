@@ -28,13 +28,13 @@ def global_rank() -> int:
     return int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0")))
 
 
-def setup_logging(run_dir: Path, rank: int) -> None:
-    """Every rank logs to its own file; rank zero also to the console. Each line carries the rank."""
+def setup_logging(run_dir: Path, rank: int, console: bool) -> None:
+    """Every rank logs to its own file; with `console`, also to stderr. Each line carries the rank."""
     log_file = run_dir / "logs" / f"rank{rank}.log"
     log_file.parent.mkdir(parents=True, exist_ok=True)
     formatter = logging.Formatter(f"[rank{rank}] %(asctime)s %(levelname)s %(name)s: %(message)s")
     handlers: list[logging.Handler] = [logging.FileHandler(log_file)]
-    if rank == 0:
+    if console:
         handlers.append(logging.StreamHandler(sys.stderr))
     root = logging.getLogger()
     for handler in handlers:
@@ -82,10 +82,13 @@ def build_logger(job: JobConfig, run_dir: Path) -> Any:
     return False
 
 
-def run(run_dir: Path) -> None:
-    """Train the run in run_dir on this rank, resuming from checkpoints/last.ckpt when it exists."""
+def run(run_dir: Path, in_launcher: bool = False) -> None:
+    """Train the run in run_dir on this rank, resuming from checkpoints/last.ckpt when it exists.
+
+    `in_launcher`: called inside the `launch` process, whose console logging is already set up.
+    """
     rank = global_rank()
-    setup_logging(run_dir, rank)
+    setup_logging(run_dir, rank, console=rank == 0 and not in_launcher)
     job = read_job(run_dir)
     import trainer_core as tc
 

@@ -1,0 +1,1 @@
+"""An example user project: its own model and data, trained by `launch` through its own config files."""
