@@ -1,0 +1,134 @@
+"""TensorBoardLogger and CSVLogger: folders, scalars and hparams read back, column growth, resume in place."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.plugins.hparams import plugin_data_pb2
+
+from trainer_core.loggers import CSVLogger, Logger, TensorBoardLogger
+from trainer_core.rank_zero import rank_zero_only
+
+
+def scalars(log_dir: str, tag: str) -> list[tuple[int, float]]:
+    accumulator = EventAccumulator(log_dir)
+    accumulator.Reload()
+    return [(event.step, event.value) for event in accumulator.Scalars(tag)]
+
+
+def read_csv(path: Path) -> tuple[list[str], list[dict[str, str]]]:
+    with open(path, newline="") as stream:
+        reader = csv.DictReader(stream)
+        rows = list(reader)
+        return list(reader.fieldnames or []), rows
+
+
+def test_tensorboard_versions_count_up(tmp_path: Path) -> None:
+    first = TensorBoardLogger(tmp_path)
+    assert first.log_dir == str(tmp_path / "lightning_logs" / "version_0")
+    first.log_metrics({"a": 1.0}, step=0)
+    first.finalize("success")
+    assert TensorBoardLogger(tmp_path).version == 1
+    assert TensorBoardLogger(tmp_path, name="exp", version=7).log_dir == str(tmp_path / "exp" / "version_7")
+    assert TensorBoardLogger(tmp_path, name="", version="run").log_dir == str(tmp_path / "run")
+    assert TensorBoardLogger(tmp_path, version=2, sub_dir="train").log_dir.endswith("version_2/train")
+    assert isinstance(first, Logger)
+
+
+def test_tensorboard_scalars_read_back(tmp_path: Path) -> None:
+    logger = TensorBoardLogger(tmp_path, prefix="fit")
+    for step in range(3):
+        logger.log_metrics({"loss": torch.tensor(1.0 / (step + 1)), "acc": step * 0.5}, step=step)
+    logger.finalize("success")
+    assert scalars(logger.log_dir, "fit-loss") == [(0, 1.0), (1, 0.5), (2, pytest.approx(1 / 3))]
+    assert [step for step, _ in scalars(logger.log_dir, "fit-acc")] == [0, 1, 2]
+
+
+def test_tensorboard_hparams_plugin_and_yaml(tmp_path: Path) -> None:
+    logger = TensorBoardLogger(tmp_path)
+    logger.log_hyperparams({"lr": 0.01, "layers": [64, 32], "opt": {"name": "adam"}, "path": tmp_path})
+    logger.finalize("success")
+    accumulator = EventAccumulator(logger.log_dir)
+    accumulator.Reload()
+    content = accumulator.PluginTagToContent("hparams")
+    assert "_hparams_/experiment" in content
+    start = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"])
+    hparams = start.session_start_info.hparams
+    assert hparams["lr"].number_value == pytest.approx(0.01)
+    assert hparams["opt/name"].string_value == "adam"  # nested keys are flattened for the HPARAMS tab
+    assert hparams["layers"].string_value == "[64, 32]"
+    assert scalars(logger.log_dir, "hp_metric") == [(0, -1.0)]
+    saved = yaml.safe_load((Path(logger.log_dir) / "hparams.yaml").read_text())
+    assert saved == {"lr": 0.01, "layers": [64, 32], "opt": {"name": "adam"}, "path": str(tmp_path)}
+
+
+def test_tensorboard_resume_continues_one_series_without_duplicates(tmp_path: Path) -> None:
+    first = TensorBoardLogger(tmp_path, version="run")
+    for step in range(10):
+        first.log_metrics({"loss": float(step)}, step=step)
+    first.finalize("failed")
+    # The checkpoint was taken after step 5: steps 6..9 are logged again by the resumed run.
+    resumed = TensorBoardLogger(tmp_path, version="run")
+    resumed.resume_from_step(6)
+    for step in range(6, 12):
+        resumed.log_metrics({"loss": 100.0 + step}, step=step)
+    resumed.finalize("success")
+    series = scalars(resumed.log_dir, "loss")
+    assert [step for step, _ in series] == list(range(12))
+    assert [value for step, value in series if step >= 6] == [100.0 + s for s in range(6, 12)]
+
+
+def test_loggers_write_nothing_on_other_ranks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(rank_zero_only, "rank", 1)
+    for logger in (TensorBoardLogger(tmp_path / "tb"), CSVLogger(tmp_path / "csv")):
+        logger.log_hyperparams({"lr": 1})
+        logger.log_metrics({"loss": 1.0}, step=0)
+        logger.experiment.add_scalar("x", 1.0)  # a dummy experiment swallows direct calls too
+        logger.finalize("success")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_csv_columns_grow_and_rows_keep_their_values(tmp_path: Path) -> None:
+    logger = CSVLogger(tmp_path, flush_logs_every_n_steps=2)
+    logger.log_hyperparams({"lr": 0.1})
+    logger.log_metrics({"loss": 1.0}, step=0)
+    logger.log_metrics({"loss": 0.5}, step=1)  # second row: flushed
+    logger.log_metrics({"loss": 0.25, "val_loss": torch.tensor(0.75)}, step=2)
+    logger.finalize("success")
+    header, rows = read_csv(Path(logger.log_dir) / "metrics.csv")
+    assert header == ["step", "loss", "val_loss"]
+    assert [(r["step"], r["loss"], r["val_loss"]) for r in rows] == [
+        ("0", "1.0", ""),
+        ("1", "0.5", ""),
+        ("2", "0.25", "0.75"),
+    ]
+    assert yaml.safe_load((Path(logger.log_dir) / "hparams.yaml").read_text()) == {"lr": 0.1}
+    assert Path(logger.log_dir) == tmp_path / "lightning_logs" / "version_0"
+
+
+def test_csv_buffers_until_flush(tmp_path: Path) -> None:
+    logger = CSVLogger(tmp_path, flush_logs_every_n_steps=3)
+    logger.log_metrics({"loss": 1.0}, step=0)
+    logger.log_metrics({"loss": 1.0}, step=1)
+    assert not (Path(logger.log_dir) / "metrics.csv").exists()
+    logger.log_metrics({"loss": 1.0}, step=2)
+    assert len(read_csv(Path(logger.log_dir) / "metrics.csv")[1]) == 3
+
+
+def test_csv_resume_drops_rows_from_the_resume_step(tmp_path: Path) -> None:
+    first = CSVLogger(tmp_path, version="run")
+    for step in range(5):
+        first.log_metrics({"loss": float(step)}, step=step)
+    first.finalize("failed")
+    resumed = CSVLogger(tmp_path, version="run")
+    resumed.resume_from_step(3)
+    resumed.log_metrics({"loss": 30.0, "lr": 0.1}, step=3)
+    resumed.finalize("success")
+    header, rows = read_csv(Path(resumed.log_dir) / "metrics.csv")
+    assert header == ["step", "loss", "lr"]
+    assert [(r["step"], r["loss"]) for r in rows] == [("0", "0.0"), ("1", "1.0"), ("2", "2.0"), ("3", "30.0")]
