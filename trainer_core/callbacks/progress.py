@@ -108,8 +108,9 @@ class TQDMProgressBar(ProgressBar):
         if self._train_bar is not None:
             # Reading the metrics reduces them: only on a redraw.
             if done % self.refresh_rate == 0 or done == self._train_bar.total:
-                self._train_bar.n = done
-                self._train_bar.set_postfix(self._postfix(trainer, pl_module), refresh=True)
+                self._train_bar.set_postfix(self._postfix(trainer, pl_module), refresh=False)
+                # `update` redraws at most every `mininterval`: a fast loop is not slowed by the terminal.
+                self._train_bar.update(done - self._train_bar.n)
         elif self._plain is not None and self._plain.due(done):
             self._plain.write(done, self._postfix(trainer, pl_module))
 
