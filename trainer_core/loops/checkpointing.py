@@ -1,0 +1,168 @@
+"""The checkpoint dict the trainer writes (docs/architecture.md has the layout) and how resume reads it back."""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from trainer_core import checkpoint as checkpoint_io
+from trainer_core import optim, seed
+from trainer_core.errors import CheckpointError, MisconfigurationError
+
+if TYPE_CHECKING:
+    from trainer_core.trainer import Trainer
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+
+
+def dump(trainer: Trainer, weights_only: bool = False) -> dict[str, Any]:
+    """The checkpoint dict of the trainer's current state (tensors referenced, not copied)."""
+    model = trainer.lightning_module
+    progress = trainer.progress
+    state: dict[str, Any] = {
+        "format_version": FORMAT_VERSION,
+        "epoch": progress.epoch,
+        "global_step": progress.global_step,
+        "state_dict": model.state_dict(),
+        "loops": progress.state_dict(),
+    }
+    if not weights_only:
+        state.update(_training_state(trainer))
+    if model.hparams:
+        state["hyper_parameters"] = checkpoint_io.to_plain(dict(model.hparams))
+        state["hparams_name"] = "hparams"
+    datamodule = trainer.datamodule
+    if datamodule is not None:
+        if datamodule.hparams:
+            state["datamodule_hyper_parameters"] = checkpoint_io.to_plain(dict(datamodule.hparams))
+        state[type(datamodule).__qualname__] = datamodule.state_dict()
+        datamodule.on_save_checkpoint(state)
+    if trainer._dispatch is not None:
+        trainer._dispatch.all_callbacks("on_save_checkpoint", state)
+    model.on_save_checkpoint(state)
+    return state
+
+
+def _training_state(trainer: Trainer) -> dict[str, Any]:
+    callbacks = {cb.state_key: cb.state_dict() for cb in trainer.callbacks}
+    return {
+        "optimizer_states": [optimizer.state_dict() for optimizer in trainer.optimizers],
+        "lr_schedulers": optim.scheduler_states(trainer.lr_scheduler_configs),
+        "callbacks": {key: value for key, value in callbacks.items() if value},
+        "precision": trainer.precision_plugin.state_dict() if trainer.precision_plugin is not None else {},
+        "rng_states": seed.capture_rng_state(),
+        "sampler": {},
+        # The metrics callbacks and monitored schedulers read, so a resumed run starts where it stopped.
+        "callback_metrics": {k: v.detach().cpu() for k, v in trainer.callback_metrics.items()},
+    }
+
+
+def resolve_path(trainer: Trainer, ckpt_path: Any) -> str:
+    """`ckpt_path` as a file: a path, "last" (the newest `last.ckpt`) or "best" (the checkpoint callback's)."""
+    if ckpt_path == "best":
+        callback = trainer.checkpoint_callback
+        best = getattr(callback, "best_model_path", "") if callback is not None else ""
+        if not best:
+            raise MisconfigurationError(
+                'ckpt_path="best" but no ModelCheckpoint has saved a best checkpoint yet; fit first, or pass a '
+                "path"
+            )
+        return str(best)
+    if ckpt_path == "last":
+        return _last_checkpoint(trainer)
+    path = Path(os.fspath(ckpt_path))
+    if not path.is_file():
+        raise CheckpointError(
+            f"ckpt_path={os.fspath(ckpt_path)!r} does not exist (or is not a file); pass the path of a .ckpt "
+            'file, "last" or "best"'
+        )
+    return str(path)
+
+
+def _last_checkpoint(trainer: Trainer) -> str:
+    candidates = []
+    for callback in trainer.checkpoint_callbacks:
+        for attribute in ("last_model_path", "dirpath"):
+            value = getattr(callback, attribute, None)
+            if value:
+                candidates.append(
+                    Path(value) if attribute == "last_model_path" else Path(value) / "last.ckpt"
+                )
+    candidates.append(Path(trainer.default_root_dir) / "checkpoints" / "last.ckpt")
+    candidates.append(Path(trainer.log_dir) / "checkpoints" / "last.ckpt")
+    for candidate in candidates:
+        if candidate.is_file():
+            return str(candidate)
+    raise CheckpointError(
+        f'ckpt_path="last" but no last.ckpt exists (looked at {[str(c) for c in candidates]}); save one with '
+        "ModelCheckpoint(save_last=True), or pass a path"
+    )
+
+
+def restore(trainer: Trainer, path: str, full: bool) -> None:
+    """Load `path`: the weights always; with `full` (fit), the whole training state."""
+    state = checkpoint_io.load(path, map_location="cpu")
+    model = trainer.lightning_module
+    model.on_load_checkpoint(state)
+    model.load_state_dict(state["state_dict"])
+    datamodule = trainer.datamodule
+    if datamodule is not None:
+        datamodule.on_load_checkpoint(state)
+        if type(datamodule).__qualname__ in state:
+            datamodule.load_state_dict(state[type(datamodule).__qualname__])
+    if full:
+        _restore_training_state(trainer, state, path)
+    log.info("restored %s from %s", "the training state" if full else "the weights", path)
+
+
+def _restore_training_state(trainer: Trainer, state: dict[str, Any], path: str) -> None:
+    if "optimizer_states" not in state:
+        raise CheckpointError(
+            f"{path} holds weights only (saved with weights_only=True); resume needs a full checkpoint, or load "
+            "the weights with Module.load_from_checkpoint and start a new fit"
+        )
+    if trainer._dispatch is not None:
+        trainer._dispatch.all_callbacks("on_load_checkpoint", state)
+    saved_callbacks = state.get("callbacks", {})
+    for callback in trainer.callbacks:
+        if callback.state_key in saved_callbacks:
+            callback.load_state_dict(saved_callbacks[callback.state_key])
+    _restore_optimizers(trainer, state["optimizer_states"], path)
+    optim.load_scheduler_states(trainer.lr_scheduler_configs, state.get("lr_schedulers", []))
+    if trainer.precision_plugin is not None:
+        trainer.precision_plugin.load_state_dict(state.get("precision", {}))
+    trainer.progress.load_state_dict(state["loops"])
+    trainer._restored_rng = state.get("rng_states")
+    trainer._restored_metrics = dict(state.get("callback_metrics", {}))
+    trainer._metrics.restore(trainer._restored_metrics)
+
+
+def _restore_optimizers(trainer: Trainer, states: list[dict[str, Any]], path: str) -> None:
+    if len(states) != len(trainer.optimizers):
+        raise CheckpointError(
+            f"{path} holds {len(states)} optimizer states but configure_optimizers returned "
+            f"{len(trainer.optimizers)} optimizers; resume with the same configure_optimizers"
+        )
+    for optimizer, optimizer_state in zip(trainer.optimizers, states):
+        optimizer.load_state_dict(optimizer_state)
+
+
+def estimated_stepping_batches(trainer: Trainer) -> int | float:
+    """Optimizer steps `fit` will take: per-epoch steps times epochs, bounded by max_steps."""
+    s = trainer.settings
+    batches = trainer.num_training_batches
+    if trainer.train_dataloader is None:
+        raise MisconfigurationError(
+            "estimated_stepping_batches is known once fit has its training dataloader; read it from "
+            "configure_optimizers or later"
+        )
+    per_epoch = math.ceil(batches / s.accumulate_grad_batches) if batches != math.inf else math.inf
+    total = per_epoch * max(s.max_epochs, 1) if s.max_epochs != -1 else math.inf
+    if s.max_steps != -1:
+        total = min(total, s.max_steps)
+    return int(total) if total != math.inf else math.inf

@@ -1,0 +1,202 @@
+"""The fit loop: sanity check, epochs, training batches, validation checks, epoch ends and stopping."""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from trainer_core import optim, seed
+from trainer_core.loops.data import LookAhead
+from trainer_core.loops.evaluation import EvaluationLoop
+
+if TYPE_CHECKING:
+    from trainer_core.trainer import Trainer
+
+
+class FitLoop:
+    """Runs `fit` after setup; every counter lives in `trainer.progress` so a checkpoint captures it."""
+
+    def __init__(self, trainer: Trainer) -> None:
+        self.trainer = trainer
+        self.settings = trainer.settings
+        self.progress = trainer.progress
+        self.module = trainer.lightning_module
+        self.dispatch = trainer._dispatch
+        self.metrics = trainer._metrics
+        self.optimization = trainer._optimization
+        self.automatic = self.module.automatic_optimization
+        self._collect = getattr(type(self.module), "training_epoch_end", None) is not None
+        self._step_schedulers = self.automatic and any(
+            c.interval == "step" for c in trainer.lr_scheduler_configs
+        )
+        self._has_val = bool(trainer.val_dataloaders) and any(trainer.num_val_batches)
+        self._has_val = self._has_val and _defines(self.module, "validation_step")
+
+    def run(self) -> None:
+        trainer, dispatch = self.trainer, self.dispatch
+        assert dispatch is not None
+        dispatch.fire("on_fit_start")
+        self._sanity_check()
+        if trainer._restored_rng is not None:
+            # Restored here, after the sanity check, whose dataloader iterators draw from the global RNG.
+            seed.restore_rng_state(trainer._restored_rng)
+            trainer._restored_rng = None
+        if self.progress.epoch_batches_done:
+            self._step_epoch_schedulers()  # the epoch end the checkpoint was written in did not get there
+            self.progress.finish_epoch()
+        self.module.train()
+        trainer._running = "train"
+        dispatch.fire("on_train_start")
+        while not self.done:
+            self._run_epoch()
+        trainer._running = "train"
+        dispatch.fire("on_train_end")
+        dispatch.fire("on_fit_end")
+
+    @property
+    def done(self) -> bool:
+        s, progress = self.settings, self.progress
+        if s.max_steps != -1 and progress.global_step >= s.max_steps:
+            return True
+        if s.max_epochs != -1 and progress.epoch >= s.max_epochs:
+            return True
+        return self.trainer.should_stop
+
+    def _sanity_check(self) -> None:
+        trainer = self.trainer
+        if not self._has_val or not any(trainer.num_sanity_val_batches):
+            return
+        assert self.dispatch is not None
+        trainer._running = "sanity_check"
+        self.dispatch.callbacks("on_sanity_check_start")
+        EvaluationLoop(trainer, "sanity_check").run()
+        self.dispatch.callbacks("on_sanity_check_end")
+        trainer._running = None
+        # Nothing the sanity check logged counts; metrics restored from a checkpoint come back.
+        self.metrics.reset()
+        self.metrics.restore(trainer._restored_metrics)
+
+    # -- one epoch --------------------------------------------------------------------------------------
+    def _run_epoch(self) -> None:
+        trainer, progress, dispatch = self.trainer, self.progress, self.dispatch
+        assert dispatch is not None
+        start = progress.epoch_batches if progress.resumes_mid_epoch else 0
+        if not start:
+            progress.start_epoch()
+        _set_epoch(trainer.train_dataloader, progress.epoch)
+        self.metrics.stage = "train"
+        self.metrics.begin_epoch("train")
+        dispatch.fire("on_train_epoch_start")
+        outputs: list[Any] = []
+        for batch_idx, batch, is_last in LookAhead(
+            trainer.train_dataloader, trainer.num_training_batches, start
+        ):
+            if self._run_batch(batch_idx, batch, is_last, outputs):
+                break
+            validated = self._should_validate(batch_idx, is_last)
+            if validated:
+                self._validate()
+            if trainer.should_stop or self._max_steps_reached():
+                if not validated and not is_last and self._validates_this_epoch():
+                    self._validate()  # a run stopped by max_steps still validates its last weights
+                break
+        progress.epoch_batches_done = True
+        self._end_epoch(outputs)
+
+    def _run_batch(self, batch_idx: int, batch: Any, is_last: bool, outputs: list[Any]) -> bool:
+        """Train on one batch; True when `on_train_batch_start` returned -1 (end the epoch)."""
+        trainer, progress, metrics, dispatch = self.trainer, self.progress, self.metrics, self.dispatch
+        assert dispatch is not None
+        batch = trainer._to_device(batch, 0)
+        metrics.set_batch(batch)
+        metrics.in_train_step = True
+        if dispatch.fire("on_train_batch_start", batch, batch_idx) == -1:
+            metrics.in_train_step = False
+            return True
+        output = self.optimization.run(batch, batch_idx, is_last)
+        progress.epoch_batches += 1
+        progress.total_batches += 1
+        stepped = self.optimization.stepped
+        if stepped:
+            progress.stepped_batches += 1
+            if self._step_schedulers:
+                metrics_now = trainer.callback_metrics if _monitors(trainer, "step") else {}
+                optim.step_schedulers(trainer.lr_scheduler_configs, "step", progress.global_step, metrics_now)
+        step_output = {"loss": output.detach()} if isinstance(output, torch.Tensor) else output
+        dispatch.fire("on_train_batch_end", step_output, batch, batch_idx)
+        metrics.in_train_step = False
+        if self._collect and step_output is not None:
+            outputs.append(step_output)
+        if stepped and progress.stepped_batches % self.settings.log_every_n_steps == 0:
+            trainer._log_step_metrics()
+        return False
+
+    def _max_steps_reached(self) -> bool:
+        return self.settings.max_steps != -1 and self.progress.global_step >= self.settings.max_steps
+
+    def _validates_this_epoch(self) -> bool:
+        every = self.settings.check_val_every_n_epoch
+        return self._has_val and (every is None or (self.progress.epoch + 1) % every == 0)
+
+    def _should_validate(self, batch_idx: int, is_last: bool) -> bool:
+        """Lightning's rule: every `val_check_batch` batches of the epoch (of the run when
+        check_val_every_n_epoch is None), in the epochs `check_val_every_n_epoch` selects."""
+        if not self._validates_this_epoch():
+            return False
+        every_batch = self.trainer._val_check_batch
+        if every_batch == math.inf:
+            return is_last
+        counter = (
+            batch_idx
+            if self.settings.check_val_every_n_epoch is not None
+            else self.progress.total_batches - 1
+        )
+        return (counter + 1) % int(every_batch) == 0
+
+    def _validate(self) -> None:
+        EvaluationLoop(self.trainer, "validate").run()
+        self.trainer._running = "train"
+        self.metrics.stage = "train"
+
+    # -- the epoch end ----------------------------------------------------------------------------------
+    def _end_epoch(self, outputs: list[Any]) -> None:
+        trainer, metrics, dispatch = self.trainer, self.metrics, self.dispatch
+        assert dispatch is not None
+        metrics.stage = "train"
+        if self._collect:
+            self.module.training_epoch_end(outputs)  # type: ignore[attr-defined]
+        values = metrics.end_epoch("train")
+        dispatch.epoch_end("on_train_epoch_end", between=lambda: values.update(metrics.end_epoch("train")))
+        values.update(metrics.end_epoch("train"))
+        self._step_epoch_schedulers()
+        trainer._log_epoch_metrics(values)
+        self.progress.finish_epoch()
+
+    def _step_epoch_schedulers(self) -> None:
+        trainer = self.trainer
+        if not self.automatic or not trainer.lr_scheduler_configs:
+            return
+        metrics_now = trainer.callback_metrics if _monitors(trainer, "epoch") else {}
+        optim.step_schedulers(trainer.lr_scheduler_configs, "epoch", self.progress.epoch + 1, metrics_now)
+
+
+def _monitors(trainer: Trainer, interval: str) -> bool:
+    return any(c.reduce_on_plateau and c.interval == interval for c in trainer.lr_scheduler_configs)
+
+
+def _defines(module: Any, method: str) -> bool:
+    from trainer_core.module import TrainingModule
+
+    return getattr(type(module), method, None) is not getattr(TrainingModule, method, None)
+
+
+def _set_epoch(loader: Any, epoch: int) -> None:
+    """Tell an epoch-aware sampler (DistributedSampler) which epoch starts, so its shuffle changes."""
+    for sampler in (
+        getattr(loader, "sampler", None),
+        getattr(getattr(loader, "batch_sampler", None), "sampler", None),
+    ):
+        if sampler is not None and callable(getattr(sampler, "set_epoch", None)):
+            sampler.set_epoch(epoch)
