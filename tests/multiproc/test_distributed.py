@@ -1,0 +1,262 @@
+"""Two real Gloo ranks: collectives, samplers, predictions, DDP gradients, prepare_data, failures."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+RunRanks = Callable[..., Any]  # the `run_ranks` fixture of conftest.py
+
+pytestmark = pytest.mark.multiproc
+
+# Every body joins the job the same way; AGREEMENT is the bounded wait for barriers and object exchanges.
+JOIN = """
+from datetime import timedelta
+import torch
+from trainer_core import distributed as D
+from trainer_core.environment import RankEnvironment
+from trainer_core.errors import DistributedError
+env = RankEnvironment.detect()
+agreement = timedelta(seconds={agreement})
+collectives = D.init_process_group(env, "gloo", timedelta(seconds=60), agreement_timeout=agreement)
+"""
+
+
+def join(agreement: float = 30) -> str:
+    return JOIN.replace("{agreement}", str(agreement))
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("launcher", ["torchrun", "srun"])
+def test_collectives(run_ranks: RunRanks, launcher: str) -> None:
+    body = (
+        join()
+        + """
+value = float(rank + 1)
+sums = collectives.all_reduce(torch.tensor([value, 10 * value], dtype=torch.float64), "sum")
+maxima = collectives.all_reduce(torch.tensor([value]), "max")
+minima = collectives.all_reduce(torch.tensor([value]), "min")
+gathered = collectives.all_gather_object({"rank": rank, "name": f"r{rank}"})
+broadcast = collectives.broadcast_object(f"from {rank}", src=1)
+collectives.barrier("end")
+save_result({"source": env.source, "sum": sums.tolist(), "max": maxima.item(), "min": minima.item(),
+             "gathered": gathered, "broadcast": broadcast})
+D.destroy_process_group()
+"""
+    )
+    job = run_ranks(body, launcher=launcher)
+    job.assert_succeeded()
+    for result in job.results:
+        assert result["source"] == ("torchrun" if launcher == "torchrun" else "slurm")
+        assert result["sum"] == [3.0, 30.0]
+        assert (result["max"], result["min"]) == (2.0, 1.0)
+        assert result["gathered"] == [{"rank": 0, "name": "r0"}, {"rank": 1, "name": "r1"}]
+        assert result["broadcast"] == "from 1"
+
+
+@pytest.mark.timeout(120)
+def test_train_sampler_disjoint_covering_and_reshuffled_per_epoch(run_ranks: RunRanks) -> None:
+    body = (
+        join()
+        + """
+from torch.utils.data import DataLoader
+from trainer_core.seed import seed_everything
+seed_everything(7)
+loader = D.train_loader_with_sampler(DataLoader(list(range(40)), batch_size=4, shuffle=True), 2, rank)
+epochs = []
+for epoch in range(2):
+    D.set_epoch(loader, epoch)
+    epochs.append([int(i) for batch in loader for i in batch])
+save_result(epochs)
+D.destroy_process_group()
+"""
+    )
+    job = run_ranks(body)
+    job.assert_succeeded()
+    for epoch in range(2):
+        shards = [result[epoch] for result in job.results]
+        assert len(shards[0]) == len(shards[1]) == 20
+        assert set(shards[0]).isdisjoint(shards[1])
+        assert sorted(shards[0] + shards[1]) == list(range(40))
+        assert shards[0] != sorted(shards[0])  # shuffled, as the loader was
+    assert job.results[0][0] != job.results[0][1]  # set_epoch gave a new permutation
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize(("size", "expected_shards"), [(101, [51, 50]), (1, [1, 0])])
+def test_eval_sampler_sees_every_sample_once_and_predictions_come_back_in_order(
+    run_ranks: RunRanks, size: int, expected_shards: list[int]
+) -> None:
+    body = (
+        join()
+        + f"""
+from torch.utils.data import DataLoader
+dataset = torch.arange({size}, dtype=torch.float32)
+loader = D.eval_loader_with_sampler(DataLoader(dataset, batch_size=8), 2, rank)
+predictions = [batch * 2 for batch in loader]
+seen = [int(i) for batch in loader for i in batch]
+merged = D.collect_predictions(collectives, predictions, D.batch_indices(loader))
+flat = None if merged is None else [float(v) for batch in merged for v in batch]
+save_result({{"seen": seen, "merged": flat}})
+D.destroy_process_group()
+"""
+    )
+    job = run_ranks(body)
+    job.assert_succeeded()
+    seen = [result["seen"] for result in job.results]
+    assert [len(shard) for shard in seen] == expected_shards
+    assert sorted(seen[0] + seen[1]) == list(range(size))
+    assert job.results[0]["merged"] == [2.0 * i for i in range(size)]
+    assert job.results[1]["merged"] is None
+
+
+@pytest.mark.timeout(120)
+def test_ddp_gradients_match_one_process_on_the_combined_batch(run_ranks: RunRanks) -> None:
+    body = (
+        join()
+        + """
+import copy
+from torch import nn
+from trainer_core.seed import seed_everything
+
+class Regressor(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(5, 8), nn.Tanh(), nn.Linear(8, 1))
+    def training_step(self, batch, batch_idx):
+        inputs, targets = batch
+        return nn.functional.mse_loss(self.net(inputs), targets)
+
+seed_everything(3)
+model = Regressor()
+reference = copy.deepcopy(model)
+inputs, targets = torch.randn(8, 5), torch.randn(8, 1)  # same on every rank: same seed
+ddp = D.wrap_model(model, collectives.device, D.resolve_strategy("ddp"))
+optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+reference_optimizer = torch.optim.SGD(reference.parameters(), lr=0.1)
+half = slice(4 * rank, 4 * rank + 4)
+for step in range(3):
+    optimizer.zero_grad()
+    ddp((inputs[half], targets[half]), step).backward()
+    optimizer.step()
+    reference_optimizer.zero_grad()
+    reference.training_step((inputs, targets), step).backward()
+    reference_optimizer.step()
+gap = max((a - b).abs().max().item() for a, b in zip(model.parameters(), reference.parameters()))
+moved = max((a - b).abs().max().item() for a, b in zip(model.parameters(), Regressor().parameters()))
+save_result({"gap": gap, "moved": moved})
+D.destroy_process_group()
+"""
+    )
+    job = run_ranks(body)
+    job.assert_succeeded()
+    for result in job.results:
+        assert result["gap"] < 1e-6
+        assert result["moved"] > 1e-3  # the weights did change: the comparison is not vacuous
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("per_node", [False, True])
+def test_prepare_data_runs_once_and_a_long_preparation_outlasts_the_agreement_timeout(
+    run_ranks: RunRanks, per_node: bool, tmp_path: object
+) -> None:
+    body = (
+        join(agreement=1)
+        + f"""
+import time, pathlib
+marker = pathlib.Path(os.environ["RANK_RESULT_DIR"]) / "prepared"
+def prepare():
+    time.sleep(4)  # longer than the 1 s agreement timeout
+    with marker.open("a") as handle:
+        handle.write(f"rank {{rank}}\\n")
+D.barrier_for_prepare_data(collectives, prepare, per_node={per_node}, poll_interval=0.1)
+save_result({{"prepared_seen": marker.read_text()}})
+collectives.barrier("after prepare")
+D.destroy_process_group()
+"""
+    )
+    job = run_ranks(body)
+    job.assert_succeeded()
+    for result in job.results:
+        assert result["prepared_seen"] == "rank 0\n"  # one node here: once per job and once per node agree
+
+
+@pytest.mark.timeout(120)
+def test_prepare_data_failure_reaches_the_waiting_ranks(run_ranks: RunRanks) -> None:
+    body = (
+        join()
+        + """
+def prepare():
+    raise OSError("disk full while downloading")
+try:
+    D.barrier_for_prepare_data(collectives, prepare, poll_interval=0.1)
+except Exception as error:
+    save_result({"error": f"{type(error).__name__}: {error}"})
+D.destroy_process_group()
+"""
+    )
+    job = run_ranks(body, launcher="srun")
+    assert job.results[0] == {"error": "OSError: disk full while downloading"}, job.output
+    assert "DistributedError" in job.results[1]["error"], job.output
+    assert "rank 0 raised OSError: disk full while downloading" in job.results[1]["error"]
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("skipped", ["barrier", "all_gather_object"])
+def test_a_skipped_agreement_is_an_error_within_the_timeout(run_ranks: RunRanks, skipped: str) -> None:
+    call = 'collectives.barrier("after checkpoint")' if skipped == "barrier" else (
+        'collectives.all_gather_object(["val_loss"])'
+    )  # fmt: skip
+    body = (
+        join(agreement=3)
+        + f"""
+import time
+if rank == 0:
+    try:
+        {call}
+        save_result({{"error": None}})
+    except DistributedError as error:
+        save_result({{"error": str(error)}})
+else:
+    time.sleep(8)  # alive but never arrives: the call was skipped under a rank condition
+    save_result({{"error": "skipped on purpose"}})
+"""
+    )
+    job = run_ranks(body, launcher="srun", timeout=60)
+    error = job.results[0]["error"]
+    assert error is not None, job.output
+    assert skipped in error
+    assert "(limit 3 s)" in error and "HINT" in error
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("launcher", ["srun", "torchrun"])
+@pytest.mark.parametrize("waiting_in", ["barrier", "all_reduce"])
+def test_a_rank_that_raises_stops_every_rank_non_zero(
+    run_ranks: RunRanks, launcher: str, waiting_in: str
+) -> None:
+    wait = 'collectives.barrier("epoch end")' if waiting_in == "barrier" else (
+        "for _ in range(100000): collectives.all_reduce(torch.ones(3))"
+    )  # fmt: skip
+    # A long agreement timeout: the other rank must stop because its peer left, not because a timer ran out.
+    body = (
+        join(agreement=600)
+        + f"""
+import logging
+logging.basicConfig(level=logging.INFO, format=f"[rank {{rank}}] %(levelname)s %(message)s")
+with D.abort_on_exception(collectives):
+    for _ in range(3):
+        collectives.all_reduce(torch.ones(3))
+    if rank == 1:
+        raise ValueError("boom from rank 1")
+    {wait}
+save_result("finished")
+"""
+    )
+    job = run_ranks(body, launcher=launcher, timeout=60)
+    assert all(code != 0 for code in job.returncodes), job.output
+    assert job.results == [None, None], job.output
+    assert "ValueError: boom from rank 1" in job.output
+    assert "Rank 1 failed" in job.output

@@ -1,0 +1,572 @@
+"""All use of `torch.distributed`: process group, collectives, DDP, samplers and failure handling.
+
+Nothing else in the trainer core imports `torch.distributed`; the loop, metrics and callbacks talk to the
+other ranks through `Collectives` (`trainer_core.collectives`), which `TorchCollectives` implements here.
+
+Two process groups exist per job. The default group (NCCL on GPUs, Gloo on CPUs) carries DDP's gradients and
+tensor reductions with the strategy's timeout (30 minutes by default, as torch). A second, Gloo group carries
+the agreements (barriers, object gathers and broadcasts) with a short timeout: a rank that is gone, or that
+skipped a call under a rank condition, turns into a `DistributedError` naming what was waited for, not a hang.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, TypeVar
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch._C._distributed_c10d import Store, TCPStore
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import (
+    BatchSampler,
+    DataLoader,
+    Dataset,
+    DistributedSampler,
+    IterableDataset,
+    RandomSampler,
+    Sampler,
+    SequentialSampler,
+)
+
+from trainer_core.collectives import Collectives, ReduceOp
+from trainer_core.environment import RankEnvironment, check_master_port
+from trainer_core.errors import DistributedError, MisconfigurationError
+from trainer_core.seed import current_seed
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TIMEOUT = timedelta(minutes=30)
+DEFAULT_AGREEMENT_TIMEOUT = timedelta(minutes=5)
+GPU_ACCELERATORS = ("gpu", "cuda")
+_REDUCE_OPS = {"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX, "min": dist.ReduceOp.MIN}
+_FAILURE_KEY = "hpc_launch/first_failure"
+T = TypeVar("T")
+
+
+def select_backend(accelerator: str) -> str:
+    """NCCL when the accelerator is a GPU (or "auto" finds one), Gloo otherwise."""
+    if accelerator in GPU_ACCELERATORS or (accelerator == "auto" and torch.cuda.is_available()):
+        return "nccl"
+    return "gloo"
+
+
+class TorchCollectives:
+    """`Collectives` over `torch.distributed`, with bounded agreements on a separate Gloo group."""
+
+    def __init__(
+        self, env: RankEnvironment, device: torch.device, store: Store, agreement_timeout: timedelta
+    ) -> None:
+        self.env = env
+        self.device = device
+        self.store = store
+        self.agreement_timeout = agreement_timeout
+        self._agreement_group = dist.new_group(backend="gloo", timeout=agreement_timeout)
+        self._calls = 0
+
+    @property
+    def rank(self) -> int:
+        return self.env.rank
+
+    @property
+    def world_size(self) -> int:
+        return self.env.world_size
+
+    def all_reduce(self, tensor: torch.Tensor, op: ReduceOp = "sum") -> torch.Tensor:
+        """Reduce `tensor` in place over all ranks (on the backend's device) and return it."""
+        if op not in _REDUCE_OPS:
+            raise MisconfigurationError(f"all_reduce(op={op!r}): use one of {sorted(_REDUCE_OPS)}.")
+        if tensor.device == self.device or (self.device.type == "cpu" and tensor.device.type == "cpu"):
+            dist.all_reduce(tensor, op=_REDUCE_OPS[op])
+            return tensor
+        on_device = tensor.to(self.device)
+        dist.all_reduce(on_device, op=_REDUCE_OPS[op])
+        return tensor.copy_(on_device)
+
+    def all_gather_object(self, obj: Any) -> list[Any]:
+        """Every rank's `obj`, indexed by rank; a rank that never calls this is a `DistributedError`."""
+        gathered: list[Any] = [None] * self.world_size
+        self._bounded("all_gather_object", lambda: dist.all_gather_object(gathered, obj, self._group()))
+        return gathered
+
+    def broadcast_object(self, obj: Any, src: int = 0) -> Any:
+        """Rank `src`'s `obj` on every rank."""
+        box = [obj]
+        self._bounded("broadcast_object", lambda: dist.broadcast_object_list(box, src, self._group()))
+        return box[0]
+
+    def barrier(self, name: str = "") -> None:
+        """Wait for every rank; if one does not arrive in time, raise naming the barrier and the ranks."""
+        self._bounded(
+            f"barrier {name!r}",
+            lambda: dist.monitored_barrier(self._group(), self.agreement_timeout, wait_all_ranks=True),
+        )
+
+    def next_key(self, name: str) -> str:
+        """A store key unique to this call; every rank makes the same calls, so all get the same key."""
+        self._calls += 1
+        return f"hpc_launch/{name}/{self._calls}"
+
+    def _group(self) -> Any:
+        return self._agreement_group
+
+    def _bounded(self, what: str, call: Callable[[], object]) -> None:
+        started = time.monotonic()
+        try:
+            call()
+        except RuntimeError as error:  # Gloo's timeouts and closed connections are RuntimeErrors
+            limit, waited = self.agreement_timeout.total_seconds(), time.monotonic() - started
+            raise DistributedError(
+                f"Rank {self.rank} waited for {what} (limit {limit:g} s) and not every rank took part; "
+                f"it gave up after {waited:.1f} s: {error}. "
+                "A rank has failed, or one skipped this call (a collective under "
+                "`if self.global_rank == 0:`). HINT: make every rank take the same collective calls in the "
+                "same order; see the other ranks' logs for a failure."
+            ) from error
+
+
+def init_process_group(
+    env: RankEnvironment,
+    backend: str | None = None,
+    timeout: timedelta = DEFAULT_TIMEOUT,
+    *,
+    accelerator: str = "auto",
+    agreement_timeout: timedelta = DEFAULT_AGREEMENT_TIMEOUT,
+) -> TorchCollectives:
+    """Join the job's process group and return its collectives.
+
+    `backend=None` picks NCCL for a GPU accelerator and Gloo otherwise; with NCCL this rank uses
+    `cuda:{local_rank}`. `timeout` bounds DDP's collectives, `agreement_timeout` the barriers and object
+    exchanges. Rank 0 of a Slurm job checks first that the rendezvous port is free (`check_master_port`).
+    """
+    backend = backend or select_backend(accelerator)
+    device = torch.device("cpu")
+    if backend == "nccl":
+        device = torch.device("cuda", env.local_rank)
+        torch.cuda.set_device(device)
+    if dist.is_initialized():  # the user's script made the group already: join it, do not make another
+        store = dist.distributed_c10d._get_default_store()
+        return TorchCollectives(env, device, store, agreement_timeout)
+    check_master_port(env)
+    store = TCPStore(
+        env.master_addr,
+        env.master_port,
+        env.world_size,
+        # torchrun's agent already serves the store on this port; otherwise rank 0 serves it.
+        is_master=env.rank == 0 and not env.agent_store,
+        timeout=timeout,
+        wait_for_workers=False,
+    )
+    dist.init_process_group(
+        backend, store=store, rank=env.rank, world_size=env.world_size, timeout=timeout,
+        device_id=device if backend == "nccl" else None,
+    )  # fmt: skip
+    log.info("Rank %d of %d joined the %s process group (%s)", env.rank, env.world_size, backend, env.source)
+    return TorchCollectives(env, device, store, agreement_timeout)
+
+
+def destroy_process_group(within: timedelta = timedelta(seconds=10)) -> None:
+    """Leave the process group; a peer that is gone must not keep this rank waiting past `within`."""
+    if not dist.is_initialized():
+        return
+    worker = threading.Thread(target=dist.destroy_process_group, name="destroy-process-group", daemon=True)
+    worker.start()
+    worker.join(within.total_seconds())
+    if worker.is_alive():
+        log.warning("Leaving the process group took over %g s; going on without it", within.total_seconds())
+
+
+def barrier_for_prepare_data(
+    collectives: Collectives,
+    prepare: Callable[[], None],
+    *,
+    per_node: bool = False,
+    poll_interval: float = 0.5,
+    on_wait: Callable[[], None] | None = None,
+) -> None:
+    """Run `prepare` once per job (global rank 0), or once per node (local rank 0), then release the others.
+
+    The waiting ranks poll a key in the rendezvous store instead of sitting in a Gloo barrier, because a
+    barrier carries the process group's timeout and a long download must not end the job. They wait without a
+    limit: if the preparing rank fails, it writes its error under the key and every waiter raises it; if it
+    dies outright, the launcher (torchrun, `srun --kill-on-bad-exit`) ends the job. `on_wait` runs at every
+    poll, e.g. to notice a preemption signal.
+    """
+    if not isinstance(collectives, TorchCollectives):
+        prepare()
+        return
+    env = collectives.env
+    key = collectives.next_key(f"prepare_data/node{env.node_rank}" if per_node else "prepare_data/job")
+    preparer = env.local_rank == 0 if per_node else env.rank == 0
+    if preparer:
+        _prepare_and_publish(collectives.store, key, prepare, env.rank)
+        return
+    while not collectives.store.check([key]):
+        if on_wait is not None:
+            on_wait()
+        time.sleep(poll_interval)
+    outcome = collectives.store.get(key).decode()
+    if outcome != "done":
+        raise DistributedError(f"prepare_data failed on another rank, so rank {env.rank} stops: {outcome}")
+
+
+def _prepare_and_publish(store: Store, key: str, prepare: Callable[[], None], rank: int) -> None:
+    try:
+        prepare()
+    except Exception as error:
+        store.set(key, f"rank {rank} raised {type(error).__name__}: {error}")
+        raise
+    store.set(key, "done")
+
+
+@contextmanager
+def abort_on_exception(
+    collectives: Collectives, *, hard_exit: bool = True, exit_code: int = 1
+) -> Iterator[None]:
+    """On an exception in a job of several ranks: log it with the rank, leave the group, exit non-zero.
+
+    The failing rank records itself in the rendezvous store (the first one wins), so a rank that fails only
+    because its peer vanished says which rank failed first. Exiting with `os._exit` after the logs are flushed
+    is deliberate: a rank whose peers are gone can otherwise hang at interpreter exit (DataLoader workers,
+    NCCL teardown), and the launcher tears the job down as soon as one rank exits non-zero. With one rank, or
+    `hard_exit=False`, the exception propagates as usual.
+    """
+    try:
+        yield
+    except Exception as error:
+        if not isinstance(collectives, TorchCollectives):
+            raise
+        _report_failure(collectives, error)
+        destroy_process_group()
+        if not hard_exit:
+            raise
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(exit_code)
+
+
+def _report_failure(collectives: TorchCollectives, error: BaseException) -> None:
+    """Log this rank's traceback, and which rank failed first when that is another one."""
+    rank = collectives.rank
+    summary = f"rank {rank} ({os.uname().nodename}, pid {os.getpid()}): {type(error).__name__}: {error}"
+    first = summary
+    try:
+        collectives.store.set_timeout(timedelta(seconds=5))  # the store's host may be the rank that is gone
+        first = collectives.store.compare_set(_FAILURE_KEY, "", summary).decode()
+    except Exception:  # the store is unreachable; this rank's own report is all there is
+        log.debug("Could not record the failure in the rendezvous store", exc_info=True)
+    trace = "".join(traceback.format_exception(type(error), error, error.__traceback__))
+    if first != summary:
+        log.error("Rank %d stops because another rank failed first: %s", rank, first)
+    log.error("Rank %d failed; stopping every rank of the job.\n%s", rank, trace)
+
+
+@dataclass
+class DDPStrategy:
+    """How the model is wrapped in `DistributedDataParallel` and how long collectives may take."""
+
+    # Let DDP tolerate parameters that get no gradient in a step (costs a graph traversal every step).
+    find_unused_parameters: bool = False
+    # The graph is the same every step: DDP can skip re-checking it and overlap more.
+    static_graph: bool = False
+    # Gradients are views into DDP's communication buckets: saves a copy and memory.
+    gradient_as_bucket_view: bool = True
+    # How long a collective may wait for the other ranks before the job fails.
+    timeout: timedelta = DEFAULT_TIMEOUT
+    # "nccl" or "gloo"; None picks NCCL on GPUs and Gloo on CPUs.
+    process_group_backend: str | None = None
+
+
+_STRATEGIES: dict[str, Callable[[], DDPStrategy | None]] = {
+    "auto": DDPStrategy,
+    "ddp": DDPStrategy,
+    "ddp_find_unused_parameters_true": lambda: DDPStrategy(find_unused_parameters=True),
+    "ddp_find_unused_parameters_false": DDPStrategy,
+    "single_device": lambda: None,
+}
+
+
+def resolve_strategy(setting: str | DDPStrategy) -> DDPStrategy | None:
+    """The DDP settings a `Trainer(strategy=...)` value means; None for "single_device" (no wrapping).
+
+    "auto" means DDP when the job has several ranks; the trainer wraps only then.
+    """
+    if isinstance(setting, DDPStrategy):
+        return setting
+    if setting not in _STRATEGIES:
+        raise MisconfigurationError(
+            f"strategy={setting!r} is not supported. HINT: use one of {sorted(_STRATEGIES)} or a "
+            "DDPStrategy(...) instance; launch several ranks with `launch trainer.devices=N` or torchrun "
+            "instead of a spawning strategy."
+        )
+    return _STRATEGIES[setting]()
+
+
+class _TrainingStepForward(nn.Module):
+    """Routes DDP's `forward` to the user's `training_step`.
+
+    DDP arms its gradient all-reduce in `forward`; calling `training_step` directly would skip that and leave
+    every rank with its own gradients.
+    """
+
+    def __init__(self, module: nn.Module) -> None:
+        super().__init__()
+        self.module = module
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        training_step: Callable[..., Any] = self.module.training_step  # type: ignore[assignment]
+        return training_step(*args, **kwargs)
+
+
+def wrap_model(
+    module: nn.Module, device: torch.device, strategy: DDPStrategy, sync_batchnorm: bool = False
+) -> DistributedDataParallel:
+    """Wrap a module already on `device` for DDP; calling the result runs `module.training_step`.
+
+    With `sync_batchnorm`, BatchNorm layers become `SyncBatchNorm` in place (statistics over all ranks).
+    Validation, test and predict steps call the unwrapped module directly: they need no gradient sync.
+    """
+    if sync_batchnorm:
+        module = nn.SyncBatchNorm.convert_sync_batchnorm(module)
+    return DistributedDataParallel(
+        _TrainingStepForward(module),
+        device_ids=[device.index] if device.type == "cuda" else None,
+        find_unused_parameters=strategy.find_unused_parameters,
+        static_graph=strategy.static_graph,
+        gradient_as_bucket_view=strategy.gradient_as_bucket_view,
+    )
+
+
+def prepare_for_manual_backward(model: DistributedDataParallel, loss: torch.Tensor) -> None:
+    """Arm DDP's gradient sync for a backward that runs inside `training_step` (manual optimization).
+
+    DDP arms it after `forward` returns, too late for `self.manual_backward(loss)` inside the step; this does
+    it for `loss`, as Lightning does. Inside `model.no_sync()` it does nothing.
+    """
+    if not (torch.is_grad_enabled() and model.require_backward_grad_sync):
+        return
+    model.require_forward_param_sync = True
+    unused_search = model.find_unused_parameters and not model.static_graph
+    outputs = list(torch.nn.parallel.distributed._find_tensors(loss)) if unused_search else []
+    reducer: Any = model.reducer
+    reducer._rebuild_buckets()
+    reducer.prepare_for_backward(outputs)
+
+
+class _SamplerIndices(Dataset[int]):
+    """A sampler's indices, drawn afresh by `redraw`, as a dataset that a `DistributedSampler` can shard."""
+
+    def __init__(self, sampler: Sampler[Any]) -> None:
+        self.sampler = sampler
+        self.indices: list[Any] = []
+
+    def redraw(self) -> None:
+        self.indices = list(self.sampler)
+
+    def __len__(self) -> int:
+        return len(self.sampler)  # type: ignore[arg-type]
+
+    def __getitem__(self, position: int) -> Any:
+        return self.indices[position]
+
+
+class DistributedSamplerWrapper(DistributedSampler[Any]):
+    """Shards a custom sampler's indices across ranks, in the sampler's own order (no extra shuffle).
+
+    The sampler is iterated on every rank every epoch, so a random one must draw the same indices on every
+    rank: seed its generator alike everywhere (`seed_everything` before building it does).
+    """
+
+    def __init__(
+        self, sampler: Sampler[Any], num_replicas: int, rank: int, seed: int = 0, drop_last: bool = False
+    ) -> None:
+        super().__init__(_SamplerIndices(sampler), num_replicas, rank, shuffle=False, seed=seed,
+                         drop_last=drop_last)  # fmt: skip
+        self.sampler = sampler
+
+    def __iter__(self) -> Iterator[Any]:
+        indices: _SamplerIndices = self.dataset  # type: ignore[assignment]
+        indices.redraw()
+        return (indices[position] for position in super().__iter__())
+
+    def set_epoch(self, epoch: int) -> None:
+        super().set_epoch(epoch)
+        if hasattr(self.sampler, "set_epoch"):
+            self.sampler.set_epoch(epoch)
+
+
+class ExactlyOnceSampler(Sampler[int]):
+    """This rank's contiguous shard of the evaluation indices: every sample on exactly one rank, no padding.
+
+    Shard sizes differ by at most one (101 samples on 2 ranks: 51 and 50); with more ranks than samples some
+    shards are empty. Contiguous shards keep dataset order when the ranks' outputs are concatenated by rank.
+    """
+
+    def __init__(self, source: Sampler[int] | range, world_size: int, rank: int) -> None:
+        self.source = source
+        self.world_size = world_size
+        self.rank = rank
+
+    def _bounds(self, total: int) -> tuple[int, int]:
+        base, extra = divmod(total, self.world_size)
+        start = self.rank * base + min(self.rank, extra)
+        return start, start + base + (1 if self.rank < extra else 0)
+
+    def __iter__(self) -> Iterator[int]:
+        indices = list(self.source)
+        start, end = self._bounds(len(indices))
+        return iter(indices[start:end])
+
+    def __len__(self) -> int:
+        start, end = self._bounds(len(self.source))  # type: ignore[arg-type]
+        return end - start
+
+
+def _is_shardable(loader: DataLoader[Any]) -> bool:
+    """Map-style data batched by a plain BatchSampler (or unbatched): what a sampler swap can shard."""
+    if isinstance(loader.dataset, IterableDataset):
+        return False
+    if loader.batch_sampler is not None and type(loader.batch_sampler) is not BatchSampler:
+        log.warning(
+            "The DataLoader has a custom batch_sampler (%s): it is left as it is, so shard it per rank "
+            "yourself (or set use_distributed_sampler=False to silence this).",
+            type(loader.batch_sampler).__name__,
+        )
+        return False
+    return not isinstance(loader.sampler, DistributedSampler)  # the user's own: left alone
+
+
+def _plain_shuffle(sampler: Sampler[Any], dataset_size: int) -> bool | None:
+    """True/False for the two stock samplers a DistributedSampler replaces; None for anything custom."""
+    if type(sampler) is SequentialSampler:
+        return False
+    if type(sampler) is RandomSampler and not sampler.replacement and sampler.num_samples == dataset_size:
+        return True
+    return None
+
+
+def train_loader_with_sampler(
+    loader: DataLoader[Any], world_size: int, rank: int, seed: int | None = None
+) -> DataLoader[Any]:
+    """The training loader with its sampler replaced by a `DistributedSampler` for this rank.
+
+    The loader's shuffle is kept (RandomSampler -> shuffle=True), the seed is `seed` or the one given to
+    `seed_everything` (so every rank shuffles alike and the shards are disjoint), and `drop_last` is the
+    loader's. When the dataset size is not divisible by the world size, DistributedSampler pads the shards by
+    repeating a few samples from the start (or, with drop_last, drops the tail): harmless for training, where
+    every rank must take the same number of steps. Custom samplers are wrapped (`DistributedSamplerWrapper`);
+    a user's own `DistributedSampler`, iterable datasets and custom batch samplers are left alone.
+    Call `set_epoch(loader, epoch)` at the start of every epoch for a new shuffle.
+    """
+    if not _is_shardable(loader):
+        return loader
+    seed = seed if seed is not None else (current_seed() or 0)
+    shuffle = _plain_shuffle(loader.sampler, len(loader.dataset))  # type: ignore[arg-type]
+    sampler: DistributedSampler[Any]
+    if shuffle is None:
+        custom: Sampler[Any] = loader.sampler  # type: ignore[assignment]
+        sampler = DistributedSamplerWrapper(custom, world_size, rank, seed, loader.drop_last)
+    else:
+        sampler = DistributedSampler(loader.dataset, world_size, rank, shuffle, seed, loader.drop_last)
+    return _rebuild(loader, sampler)
+
+
+def eval_loader_with_sampler(loader: DataLoader[Any], world_size: int, rank: int) -> DataLoader[Any]:
+    """The validation/test/predict loader sharded so that every sample is seen exactly once, on one rank.
+
+    Order is sequential (a shuffled evaluation loader is evaluated in dataset order, since each rank would
+    otherwise draw a different permutation); a custom sampler's indices are sharded in its own order.
+    """
+    if not _is_shardable(loader):
+        return loader
+    shuffle = _plain_shuffle(loader.sampler, len(loader.dataset))  # type: ignore[arg-type]
+    source = range(len(loader.dataset)) if shuffle is not None else loader.sampler  # type: ignore[arg-type]
+    return _rebuild(loader, ExactlyOnceSampler(source, world_size, rank))  # type: ignore[arg-type]
+
+
+def _rebuild(loader: DataLoader[Any], sampler: Sampler[Any]) -> DataLoader[Any]:
+    """A DataLoader with the same settings as `loader` and the given sampler."""
+    if type(loader) is not DataLoader:
+        log.warning("%s is rebuilt as a plain DataLoader to set its sampler", type(loader).__name__)
+    return DataLoader(
+        loader.dataset,
+        batch_size=loader.batch_size,
+        sampler=sampler,
+        num_workers=loader.num_workers,
+        collate_fn=loader.collate_fn,
+        pin_memory=loader.pin_memory,
+        drop_last=loader.drop_last,
+        timeout=loader.timeout,
+        worker_init_fn=loader.worker_init_fn,
+        multiprocessing_context=loader.multiprocessing_context,
+        generator=loader.generator,
+        prefetch_factor=loader.prefetch_factor if loader.num_workers > 0 else None,
+        persistent_workers=loader.persistent_workers,
+        pin_memory_device=loader.pin_memory_device,
+    )
+
+
+def set_epoch(loader: Iterable[Any], epoch: int) -> None:
+    """Tell the loader's sampler (or its batch sampler's) which epoch starts, for a new shuffle per epoch."""
+    batch_sampler = getattr(loader, "batch_sampler", None)
+    for sampler in (getattr(loader, "sampler", None), getattr(batch_sampler, "sampler", None)):
+        if sampler is not None and hasattr(sampler, "set_epoch"):
+            sampler.set_epoch(epoch)
+            return
+
+
+def batch_indices(loader: DataLoader[Any]) -> list[list[int]]:
+    """The dataset indices of each batch the loader yields, in order (for putting predictions in order)."""
+    if loader.batch_sampler is not None:
+        return [list(batch) for batch in loader.batch_sampler]
+    return [[index] for index in loader.sampler]
+
+
+def gather_predictions(
+    preds_per_rank: Sequence[Sequence[Any]], indices: Sequence[Sequence[Sequence[int]]]
+) -> list:
+    """All ranks' batch predictions as one list in dataset order.
+
+    `preds_per_rank[r][b]` is rank r's prediction for its batch b, whose dataset indices are
+    `indices[r][b]`. Batches are ordered by their first dataset index; empty batches are dropped.
+    """
+    keyed = [
+        (batch_idx[0], rank, position, prediction)
+        for rank, (predictions, rank_indices) in enumerate(zip(preds_per_rank, indices))
+        for position, (prediction, batch_idx) in enumerate(zip(predictions, rank_indices))
+        if len(batch_idx) > 0
+    ]
+    keyed.sort(key=lambda item: item[:3])
+    return [prediction for *_, prediction in keyed]
+
+
+def collect_predictions(
+    collectives: Collectives, predictions: list[Any], indices: list[list[int]]
+) -> list[Any] | None:
+    """Every rank's predictions, in dataset order, on rank zero (None on the other ranks)."""
+    gathered = collectives.all_gather_object((_to_cpu(predictions), indices))
+    if collectives.rank != 0:
+        return None
+    return gather_predictions([preds for preds, _ in gathered], [idx for _, idx in gathered])
+
+
+def _to_cpu(value: Any) -> Any:
+    """Tensors moved to the CPU, so that rank zero can unpickle another rank's GPU outputs."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu()
+    if isinstance(value, dict):
+        return {key: _to_cpu(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_to_cpu(item) for item in value)
+    return value
