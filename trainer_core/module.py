@@ -181,7 +181,7 @@ class TrainingModule(HyperparametersMixin, nn.Module):
     @property
     def trainer(self) -> Trainer:
         """The `Trainer` running this module; an error when none is."""
-        if self._trainer is None:
+        if self._trainer is None and not self.__dict__.get("_jit_is_scripting", False):
             raise RuntimeError(f"{type(self).__name__} is not attached to a Trainer (call trainer.fit first)")
         return self._trainer
 
@@ -441,6 +441,8 @@ class TrainingModule(HyperparametersMixin, nn.Module):
         """Export with TorchScript (`method="script"` or `"trace"`, in eval mode); save it when `file_path`."""
         was_training = self.training
         self.eval()
+        # TorchScript reads every attribute while compiling; `trainer` must not raise meanwhile.
+        object.__setattr__(self, "_jit_is_scripting", True)
         try:
             if method == "script":
                 exported = torch.jit.script(self, **kwargs)
@@ -449,6 +451,7 @@ class TrainingModule(HyperparametersMixin, nn.Module):
             else:
                 raise MisconfigurationError(f"to_torchscript(method={method!r}): use 'script' or 'trace'")
         finally:
+            object.__setattr__(self, "_jit_is_scripting", False)
             self.train(was_training)
         if file_path is not None:
             torch.jit.save(exported, os.fspath(file_path))
