@@ -123,16 +123,22 @@ def capture_rng_state() -> dict[str, Any]:
     """Every generator's state as lists, ints, strings and tensors, so `weights_only=True` can read it."""
     version, internal, gauss_next = random.getstate()
     state: dict[str, Any] = {
-        "python": {"version": version, "state": list(internal), "gauss_next": gauss_next},
+        # The 625-word generator states go in as int64 tensors: weights_only loading unpickles a list of
+        # ints one object at a time, which is slower than the whole rest of a small checkpoint.
+        "python": {
+            "version": version,
+            "state": torch.tensor(internal, dtype=torch.int64),
+            "gauss_next": gauss_next,
+        },
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     if np is not None:
-        kind, keys, pos, has_gauss, cached_gaussian = np.random.get_state()
+        kind, keys, pos, has_gauss, cached_gaussian = np.random.get_state(legacy=True)  # type: ignore[misc]
         state["numpy"] = {
             "kind": str(kind),
-            "keys": [int(k) for k in keys],
+            "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
             "pos": int(pos),
             "has_gauss": int(has_gauss),
             "cached_gaussian": float(cached_gaussian),
@@ -144,15 +150,20 @@ def restore_rng_state(state: dict[str, Any]) -> None:
     """Put back what `capture_rng_state` returned; generators missing from `state` are left as they are."""
     if "python" in state:
         py = state["python"]
-        random.setstate((py["version"], tuple(py["state"]), py["gauss_next"]))
+        random.setstate((py["version"], tuple(_ints(py["state"])), py["gauss_next"]))
     if "torch" in state:
         torch.set_rng_state(state["torch"].cpu())
     if "cuda" in state and torch.cuda.is_available():
         _restore_cuda(state["cuda"])
     if "numpy" in state and np is not None:
         npy = state["numpy"]
-        keys = np.asarray(npy["keys"], dtype=np.uint32)
+        keys = np.asarray(_ints(npy["keys"]), dtype=np.uint32)
         np.random.set_state((npy["kind"], keys, npy["pos"], npy["has_gauss"], npy["cached_gaussian"]))
+
+
+def _ints(words: torch.Tensor | list[int]) -> list[int]:
+    # Tensors as this module writes them; lists as a checkpoint written by hand may hold them.
+    return words.tolist() if isinstance(words, torch.Tensor) else [int(word) for word in words]
 
 
 def _restore_cuda(states: list[torch.Tensor]) -> None:
