@@ -33,9 +33,8 @@ def dump(trainer: Trainer, weights_only: bool = False) -> dict[str, Any]:
     }
     if not weights_only:
         state.update(_training_state(trainer))
-    if model.hparams:
-        state["hyper_parameters"] = checkpoint_io.to_plain(dict(model.hparams))
-        state["hparams_name"] = "hparams"
+    state["hyper_parameters"] = checkpoint_io.to_plain(dict(model.hparams))
+    state["hparams_name"] = "hparams"
     datamodule = trainer.datamodule
     if datamodule is not None:
         if datamodule.hparams:
