@@ -146,10 +146,13 @@ def _additional_parameters(cfg: SlurmConfig, signal_name: str) -> dict[str, Any]
     # The signal is written explicitly: submitit's own default follows the submitter's environment.
     ours: dict[str, Any] = {"signal": f"{signal_name}@{cfg.signal_delay_s}"}
     ours["requeue" if cfg.requeue else "no_requeue"] = True
-    extra = {
-        str(key).lstrip("-").replace("-", "_"): value for key, value in cfg.additional_parameters.items()
-    }
-    return {**ours, **extra}
+    extra = cfg.additional_parameters
+    return {**ours, **{_sbatch_key(key): value for key, value in extra.items()}}
+
+
+def _sbatch_key(key: Any) -> str:
+    """An sbatch option as submitit spells it: "--mail-type" and "mail-type" -> "mail_type"."""
+    return str(key).lstrip("-").replace("-", "_")
 
 
 def executor_parameters(cfg: SlurmConfig, devices: int, num_nodes: int, accelerator: str) -> dict[str, Any]:
