@@ -323,10 +323,37 @@ class _TrainingStepForward(nn.Module):
     def __init__(self, module: nn.Module) -> None:
         super().__init__()
         self.module = module
+        self.after_step: Callable[[], None] | None = None
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         training_step: Callable[..., Any] = self.module.training_step  # type: ignore[assignment]
-        return training_step(*args, **kwargs)
+        output = training_step(*args, **kwargs)
+        if self.after_step is not None:
+            self.after_step()
+        return output
+
+
+class _TrainingStepDDP(DistributedDataParallel):
+    """DDP whose forward is the training step; with manual optimization the step's backward has already run.
+
+    `prepare_for_manual_backward` armed the gradient sync for that backward, so DDP must not arm it again
+    after the step (it would wait for a second backward), as Lightning does for manual optimization.
+    """
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        router: _TrainingStepForward = self.module
+        if getattr(router.module, "automatic_optimization", True):
+            return super().forward(*args, **kwargs)
+        sync = self.require_backward_grad_sync
+        router.after_step = self._skip_arming
+        try:
+            return super().forward(*args, **kwargs)
+        finally:
+            router.after_step = None
+            self.require_backward_grad_sync = sync
+
+    def _skip_arming(self) -> None:
+        self.require_backward_grad_sync = False
 
 
 def wrap_model(
@@ -336,10 +363,12 @@ def wrap_model(
 
     With `sync_batchnorm`, BatchNorm layers become `SyncBatchNorm` in place (statistics over all ranks).
     Validation, test and predict steps call the unwrapped module directly: they need no gradient sync.
+    With `automatic_optimization = False`, the step's `manual_backward` must call
+    `prepare_for_manual_backward(wrapped, loss)` before `loss.backward()`.
     """
     if sync_batchnorm:
         module = nn.SyncBatchNorm.convert_sync_batchnorm(module)
-    return DistributedDataParallel(
+    return _TrainingStepDDP(
         _TrainingStepForward(module),
         device_ids=[device.index] if device.type == "cuda" else None,
         find_unused_parameters=strategy.find_unused_parameters,

@@ -260,3 +260,50 @@ save_result("finished")
     assert job.results == [None, None], job.output
     assert "ValueError: boom from rank 1" in job.output
     assert "Rank 1 failed" in job.output
+
+
+@pytest.mark.timeout(120)
+def test_manual_backward_inside_the_step_still_syncs_gradients(run_ranks: RunRanks) -> None:
+    body = (
+        join()
+        + """
+import copy
+from torch import nn
+from trainer_core.seed import seed_everything
+
+class Manual(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.net = nn.Linear(5, 1)
+        self.automatic_optimization = False
+        self.ddp = None
+    def training_step(self, batch, batch_idx):
+        inputs, targets = batch
+        loss = nn.functional.mse_loss(self.net(inputs), targets)
+        if self.ddp is not None:  # what the trainer's manual_backward does under DDP
+            D.prepare_for_manual_backward(self.ddp, loss)
+        loss.backward()
+        return None
+
+seed_everything(4)
+model = Manual()
+reference = copy.deepcopy(model)
+inputs, targets = torch.randn(8, 5), torch.randn(8, 1)
+model.ddp = D.wrap_model(model, collectives.device, D.resolve_strategy("ddp"))
+half = slice(4 * rank, 4 * rank + 4)
+gaps = []
+for step in range(2):
+    model.zero_grad()
+    reference.zero_grad()
+    model.ddp((inputs[half], targets[half]), step)
+    reference.training_step((inputs, targets), step)
+    pairs = zip(model.parameters(), reference.parameters())
+    gaps.append(max((a.grad - b.grad).abs().max().item() for a, b in pairs))
+save_result({"gaps": gaps})
+D.destroy_process_group()
+"""
+    )
+    job = run_ranks(body)
+    job.assert_succeeded()
+    for result in job.results:
+        assert max(result["gaps"]) < 1e-6
