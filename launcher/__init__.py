@@ -1,1 +1,1 @@
-"""hpc-launch's launcher: the `launch` Hydra app that composes a config once and runs it locally or on Slurm."""
+"""The `launch` Hydra app: compose a config once, validate it, run it locally or on Slurm."""

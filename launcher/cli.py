@@ -1,4 +1,4 @@
-"""The `launch` command: compose the Hydra config once, validate it, and run the job (exit 2 on config errors)."""
+"""The `launch` command: compose the Hydra config once, validate it, run the job; exit 2 on config errors."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ EXIT_CONFIG_ERROR = 2
 
 
 def conf_dir() -> Path:
-    """The installed config tree (launcher/conf in a wheel) or, in a source checkout, the repository's conf/."""
+    """The config tree: launcher/conf (installed, or a link to conf/ in a checkout), else ../conf."""
     here = Path(__file__).resolve().parent
     for candidate in (here / "conf", here.parent / "conf"):
         if (candidate / "config.yaml").is_file():
@@ -100,10 +100,10 @@ def _describe_hydra_error(error: Exception) -> str | None:
         return None
     cause = error.__cause__ if isinstance(error.__cause__, OmegaConfBaseException) else error
     if isinstance(cause, OmegaConfBaseException) and getattr(cause, "full_key", None):
-        key = cause.full_key
+        key = str(cause.full_key)
         if isinstance(cause, (ConfigKeyError, ConfigAttributeError)):
             parent = getattr(cause, "parent_node", None)
-            known = [str(k) for k in parent.keys()] if parent is not None else []
+            known = [str(k) for k in parent] if parent is not None else []
             short = key.rsplit(".", 1)[-1]
             return (
                 f"{key}: no such key.{closest_keys(short, known)} Known keys there: {', '.join(known)}. "

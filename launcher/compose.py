@@ -71,7 +71,7 @@ def _sweep_job_dir(job: JobConfig, hydra_cfg: DictConfig) -> Path:
     if job.run.id is not None:
         raise ConfigError(
             f"run.id={job.run.id}: a sweep (-m) gives every job its own new run id. "
-            "Leave run.id out of a sweep, or resume one job of it with `launch run.id=<sweep id>/<job number>`."
+            "Leave run.id out of a sweep, or resume one of its jobs: `launch run.id=<sweep id>/<job number>`."
         )
     run_dir = Path(hydra_cfg.runtime.output_dir).resolve()
     # Hydra's basic sweeper records its own multirun.yaml; each job's config.yaml already says everything.
@@ -140,7 +140,7 @@ def _write_run_files(run_dir: Path, resolved: dict[str, Any], resumed: bool) -> 
 
 
 def _remove_if_empty(run_dir: Path) -> None:
-    """Remove a run directory (and an emptied sweep directory) that Hydra made for a job refused at preflight."""
+    """Remove the run directory (and an emptied sweep directory) Hydra made for a refused job."""
     for directory in (run_dir, run_dir.parent):
         if directory.is_dir() and not any(directory.iterdir()):
             directory.rmdir()

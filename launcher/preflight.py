@@ -1,4 +1,4 @@
-"""The checks that need more than the config: GPUs present (torch, imported only when needed), user classes."""
+"""Checks that need more than the config: GPUs present (torch imported only then), user classes."""
 
 from __future__ import annotations
 
@@ -25,14 +25,15 @@ def check_resources(job: JobConfig) -> None:
     available = gpu_count()
     if wants_gpu and available < trainer.devices:
         raise ConfigError(
-            f"trainer.accelerator={trainer.accelerator} with trainer.devices={trainer.devices}: this machine has "
-            f"{available} GPU(s). Use trainer.accelerator=cpu (or auto), lower trainer.devices, or submit to a "
-            "cluster with +cluster=slurm."
+            f"trainer.accelerator={trainer.accelerator} with trainer.devices={trainer.devices}: this "
+            f"machine has {available} GPU(s). Use trainer.accelerator=cpu (or auto), lower trainer.devices, "
+            "or submit to a cluster with +cluster=slurm."
         )
     if trainer.precision == "16-mixed" and available == 0:
         raise ConfigError(
             f"trainer.precision=16-mixed: float16 mixed precision needs a GPU, and trainer.accelerator="
-            f"{trainer.accelerator} resolves to CPU here (no GPU found). Use trainer.precision=bf16-mixed or 32-true."
+            f"{trainer.accelerator} resolves to CPU here (no GPU found). "
+            "Use trainer.precision=bf16-mixed or 32-true."
         )
 
 

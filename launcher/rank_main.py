@@ -50,7 +50,7 @@ def read_job(run_dir: Path) -> JobConfig:
 
 
 def build_callbacks(job: JobConfig, run_dir: Path) -> list[Any]:
-    """ModelCheckpoint into run_dir/checkpoints (with last.ckpt), the optional callbacks, the manifest keeper."""
+    """ModelCheckpoint into run_dir/checkpoints (with last.ckpt), optional callbacks, the manifest keeper."""
     import trainer_core as tc
     from launcher.manifest_callback import RunManifestCallback
 

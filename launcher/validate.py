@@ -1,4 +1,4 @@
-"""From a composed config to the `JobConfig` dataclasses: unknown keys, wrong types and impossible combinations.
+"""From a composed config to `JobConfig` dataclasses: unknown keys, wrong types, impossible combinations.
 
 Everything here is cheap and imports neither torch nor submitit, so a bad override fails in well under a
 second. The checks that need torch (GPU count) or the user's code (`_target_`) live in `launcher.preflight`.
@@ -39,7 +39,7 @@ def closest_keys(key: str, candidates: typing.Iterable[str]) -> str:
 
 
 def job_from_dict(data: dict[str, Any]) -> JobConfig:
-    """Convert a resolved plain config (from Hydra or from a run's config.yaml) to JobConfig, and validate it."""
+    """Convert a resolved plain config (from Hydra or a run's config.yaml) to JobConfig and validate it."""
     job = build(JobConfig, data, "")
     check_job(job)
     return job
@@ -132,7 +132,8 @@ def check_trainer(trainer: TrainerConfig, has_cluster: bool) -> None:
             )
     if trainer.num_nodes > 1 and not has_cluster:
         raise ConfigError(
-            f"trainer.num_nodes={trainer.num_nodes}: more than one node needs a cluster, and none is configured. "
+            f"trainer.num_nodes={trainer.num_nodes}: more than one node needs a cluster, and none is "
+            "configured. "
             "Add +cluster=slurm to submit to Slurm, or set trainer.num_nodes=1 to run on this machine."
         )
     if trainer.precision == "16-mixed" and trainer.accelerator == "cpu":
@@ -163,7 +164,8 @@ def _check_limit(key: str, value: Any) -> None:
         )
     if (isinstance(value, int) and value < 0) or (isinstance(value, float) and not 0.0 <= value <= 1.0):
         raise ConfigError(
-            f"{key}={value!r}: out of range. Use a float in [0.0, 1.0] for a fraction or an int >= 0 for batches."
+            f"{key}={value!r}: out of range. Use a float in [0.0, 1.0] for a fraction "
+            "or an int >= 0 for batches."
         )
 
 

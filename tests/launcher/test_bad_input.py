@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from launch_helpers import explain, launch
 
 BAD_INPUTS = [

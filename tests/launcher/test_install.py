@@ -1,4 +1,4 @@
-"""A non-editable install (a wheel in a fresh venv) still finds its configs and runs `launch` from anywhere."""
+"""A non-editable install (a wheel in a fresh venv) finds its configs and runs `launch` anywhere."""
 
 from __future__ import annotations
 
@@ -16,7 +16,9 @@ REPO = Path(__file__).resolve().parents[2]
 
 def run(command: list[str], cwd: Path, timeout: float = 240) -> subprocess.CompletedProcess[str]:
     env = {key: value for key, value in os.environ.items() if key not in ("PYTHONPATH", "VIRTUAL_ENV")}
-    result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout, check=False)
+    result = subprocess.run(
+        command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout, check=False
+    )
     assert result.returncode == 0, f"{command}\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
     return result
 
@@ -24,7 +26,21 @@ def run(command: list[str], cwd: Path, timeout: float = 240) -> subprocess.Compl
 @pytest.mark.timeout(300)
 def test_wheel_in_a_fresh_venv_finds_its_configs(tmp_path: Path) -> None:
     wheel_dir = tmp_path / "wheels"
-    run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(wheel_dir), "."], REPO)
+    run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(wheel_dir),
+            ".",
+        ],
+        REPO,
+    )
     [wheel] = wheel_dir.glob("hpc_launch-*.whl")
     venv = tmp_path / "venv"
     base_python = getattr(sys, "_base_executable", sys.executable)

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from launch_helpers import FAST, explain, launch, manifest, run_dirs, scalars
 
 REPO = Path(__file__).resolve().parents[2]

@@ -46,7 +46,9 @@ def test_ctrl_c_stops_every_rank(tmp_path: Path) -> None:
         text=True,
     )
     try:
-        assert wait_for(lambda: len(list(tmp_path.rglob("rank1.log"))) == 1 and len(job_processes(tmp_path)) >= 2, 120)
+        assert wait_for(
+            lambda: len(list(tmp_path.rglob("rank1.log"))) == 1 and len(job_processes(tmp_path)) >= 2, 120
+        )
         time.sleep(1.0)  # let both ranks get into the training loop
         os.kill(process.pid, signal.SIGINT)
         process.wait(timeout=90)
@@ -54,7 +56,9 @@ def test_ctrl_c_stops_every_rank(tmp_path: Path) -> None:
         if process.poll() is None:
             process.kill()
     assert process.returncode != 0
-    assert wait_for(lambda: not job_processes(tmp_path), 30), [p.info["cmdline"] for p in job_processes(tmp_path)]
+    assert wait_for(lambda: not job_processes(tmp_path), 30), [
+        p.info["cmdline"] for p in job_processes(tmp_path)
+    ]
 
 
 @pytest.mark.timeout(180)

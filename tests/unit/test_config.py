@@ -43,7 +43,11 @@ def test_default_config_matches_the_dataclass_defaults(compose_job: Any) -> None
 def test_slurm_group_is_appended_with_the_schema_defaults(compose_job: Any) -> None:
     job = job_from_dict(compose_job("+cluster=slurm", "cluster.partition=gpu"))
     assert job.cluster == SlurmConfig(partition="gpu")
-    assert job.cluster.signal == "USR2" and job.cluster.signal_delay_s == 120 and job.cluster.max_num_timeout == 3
+    assert (
+        job.cluster.signal == "USR2"
+        and job.cluster.signal_delay_s == 120
+        and job.cluster.max_num_timeout == 3
+    )
 
 
 def test_experiment_overlay_names_its_runs(compose_job: Any) -> None:
@@ -84,7 +88,10 @@ def test_a_plain_config_fills_in_defaults() -> None:
         ({"trainer": {"deterministic": 1}}, ["trainer.deterministic=1", "bool"]),
         ({"trainer": {"devices": 0}}, ["trainer.devices=0", "at least 1"]),
         ({"trainer": {"num_nodes": 2}}, ["trainer.num_nodes=2", "+cluster=slurm"]),
-        ({"trainer": {"precision": "16-mixed", "accelerator": "cpu"}}, ["trainer.precision=16-mixed", "bf16"]),
+        (
+            {"trainer": {"precision": "16-mixed", "accelerator": "cpu"}},
+            ["trainer.precision=16-mixed", "bf16"],
+        ),
         ({"trainer": {"precision": "16"}}, ["trainer.precision='16'", "16-mixed"]),
         ({"trainer": {"accelerator": "tpu"}}, ["trainer.accelerator='tpu'"]),
         ({"trainer": {"limit_val_batches": 1.5}}, ["trainer.limit_val_batches=1.5"]),

@@ -34,7 +34,10 @@ def test_check_arguments_rejects_unknown_arguments_with_suggestions() -> None:
 
 
 def test_instantiate_builds_nested_targets() -> None:
-    spec = {"_target_": "collections.OrderedDict", "inner": {"_target_": "fractions.Fraction", "numerator": 3}}
+    spec = {
+        "_target_": "collections.OrderedDict",
+        "inner": {"_target_": "fractions.Fraction", "numerator": 3},
+    }
     built = instantiate(spec)
     assert built["inner"] == 3
 
@@ -69,9 +72,19 @@ def test_config_hash_ignores_the_run_id() -> None:
 
 
 def test_resume_keeps_the_stored_config_except_what_the_command_line_overrides(tmp_path: Path) -> None:
-    stored = {"seed": 1, "run": {"id": "a", "root": "/old"}, "model": {"lr": 0.5}, "trainer": {"max_epochs": 1}}
+    stored = {
+        "seed": 1,
+        "run": {"id": "a", "root": "/old"},
+        "model": {"lr": 0.5},
+        "trainer": {"max_epochs": 1},
+    }
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(stored))
-    composed = {"seed": 9, "run": {"id": "a", "root": "/new"}, "model": {"lr": 0.1}, "trainer": {"max_epochs": 4}}
+    composed = {
+        "seed": 9,
+        "run": {"id": "a", "root": "/new"},
+        "model": {"lr": 0.1},
+        "trainer": {"max_epochs": 4},
+    }
     merged = _resume_config(tmp_path, composed, ["run.id=a", "trainer.max_epochs=4"])
     assert merged["trainer"]["max_epochs"] == 4
     assert merged["model"]["lr"] == 0.5 and merged["seed"] == 1
@@ -82,7 +95,9 @@ def test_status_table_shows_each_run(tmp_path: Path, capsys: pytest.CaptureFixtu
     for job, state in (("0", "completed"), ("1", "failed")):
         run_dir = tmp_path / "sweep" / job
         run_dir.mkdir(parents=True)
-        rundir.write_manifest(run_dir, {**rundir.new_manifest({}, job), "status": state, "last_committed_step": 5})
+        rundir.write_manifest(
+            run_dir, {**rundir.new_manifest({}, job), "status": state, "last_committed_step": 5}
+        )
     status.main([str(tmp_path / "sweep")])
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].split()[:2] == ["run", "status"]
