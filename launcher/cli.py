@@ -53,7 +53,9 @@ def _task(cfg: object) -> None:
     if getattr(cfg, "cluster", None) is not None:
         # The Slurm backend (submission through submitit) plugs in here; until then, never run a cluster job
         # locally by mistake.
-        raise ConfigError("+cluster=slurm: this version of launch cannot submit to Slurm yet. Drop +cluster=slurm.")
+        raise ConfigError(
+            "+cluster=slurm: this version of launch cannot submit to Slurm yet; drop +cluster=slurm."
+        )
     prepared = prepare_run(cfg, HydraConfig.get())  # type: ignore[arg-type]
     action = "resuming" if prepared.resumed else "run directory"
     log.info("%s: %s", action, prepared.run_dir)
