@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
 import torch
+from torch.utils.data import DataLoader, TensorDataset
 
+import trainer_core as tc
 from trainer_core.callbacks.early_stopping import EarlyStopping
 from trainer_core.errors import MisconfigurationError
 
@@ -133,3 +136,37 @@ def test_state_round_trip_continues_the_count() -> None:
 def test_bad_mode_names_the_key() -> None:
     with pytest.raises(MisconfigurationError, match="mode"):
         EarlyStopping("val_loss", mode="median")
+
+
+def test_real_fit_stops_when_the_metric_stalls(tmp_path: Path) -> None:
+    class Frozen(tc.TrainingModule):
+        """A model that cannot improve (learning rate 0): val_loss is the same every epoch."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.layer = torch.nn.Linear(2, 1)
+
+        def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+            return self.layer(batch[0]).pow(2).mean()
+
+        def validation_step(self, batch: Any, batch_idx: int) -> None:
+            self.log("val_loss", self.layer(batch[0]).pow(2).mean())
+
+        def configure_optimizers(self) -> Any:
+            return torch.optim.SGD(self.parameters(), lr=0.0)
+
+    loader = DataLoader(TensorDataset(torch.ones(8, 2)), batch_size=4)
+    stopper = EarlyStopping("val_loss", patience=2)
+    trainer = tc.Trainer(
+        max_epochs=20,
+        callbacks=[stopper],
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )
+    trainer.fit(Frozen(), loader, loader)
+    assert stopper.stopped_epoch == 2
+    assert trainer.current_epoch == 3
+    assert trainer.should_stop

@@ -9,7 +9,10 @@ from typing import Any
 
 import pytest
 import torch
+from torch.utils.data import DataLoader, TensorDataset
 
+import trainer_core as tc
+from trainer_core.callbacks import Callback
 from trainer_core.callbacks.model_checkpoint import ModelCheckpoint, format_template
 from trainer_core.errors import MisconfigurationError
 
@@ -65,7 +68,12 @@ def end_epoch(callback: ModelCheckpoint, trainer: FakeTrainer, steps: int = 10, 
 
 
 def files(directory: Path) -> list[str]:
-    return sorted(os.listdir(directory)) if directory.exists() else []
+    """The checkpoints in `directory`; fails if a manifest outlived its checkpoint."""
+    names = sorted(os.listdir(directory)) if directory.exists() else []
+    checkpoints = [name for name in names if name.endswith(".ckpt")]
+    orphans = [name for name in names if name.endswith(".ckpt.json") and name[: -len(".json")] not in names]
+    assert orphans == [], f"manifests without their checkpoint: {orphans}"
+    return checkpoints
 
 
 def test_template_inserts_metric_names_and_applies_formats() -> None:
@@ -282,3 +290,102 @@ def test_bad_arguments_name_the_key(kwargs: dict[str, Any], key: str) -> None:
 
 def test_state_key_tells_two_instances_apart() -> None:
     assert ModelCheckpoint(monitor="a").state_key != ModelCheckpoint(monitor="b").state_key
+
+
+# -- with the real Trainer -------------------------------------------------------------------------------
+
+
+def _regression_loaders(seed: int = 0) -> tuple[DataLoader[Any], DataLoader[Any]]:
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn(64, 4, generator=generator)
+    y = x @ torch.tensor([[1.0], [-2.0], [0.5], [3.0]])
+    train = DataLoader(TensorDataset(x[:48], y[:48]), batch_size=8)
+    val = DataLoader(TensorDataset(x[48:], y[48:]), batch_size=8)
+    return train, val
+
+
+def _tiny_module(lr: float = 0.05) -> Any:
+    class Regressor(tc.TrainingModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.layer = torch.nn.Linear(4, 1)
+
+        def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+            x, y = batch
+            loss = torch.nn.functional.mse_loss(self.layer(x), y)
+            self.log("train_loss", loss)
+            return loss
+
+        def validation_step(self, batch: Any, batch_idx: int) -> None:
+            x, y = batch
+            self.log("val_loss", torch.nn.functional.mse_loss(self.layer(x), y))
+
+        def configure_optimizers(self) -> Any:
+            return torch.optim.SGD(self.parameters(), lr=lr)
+
+    return Regressor()
+
+
+class RecordValLoss(Callback):
+    """Records each epoch's val_loss as callbacks see it, independently of ModelCheckpoint."""
+
+    def __init__(self) -> None:
+        self.values: list[float] = []
+
+    def on_validation_end(self, trainer: Any, pl_module: Any) -> None:
+        if not trainer.sanity_checking:
+            self.values.append(float(trainer.callback_metrics["val_loss"]))
+
+
+def _fit(tmp_path: Path, max_epochs: int, ckpt_path: str | None = None) -> tuple[Any, ModelCheckpoint, Any]:
+    checkpoint = ModelCheckpoint(
+        dirpath=tmp_path / "ckpt",
+        filename="{epoch}-{val_loss:.4f}",
+        monitor="val_loss",
+        save_top_k=2,
+        save_last=True,
+    )
+    recorder = RecordValLoss()
+    trainer = tc.Trainer(
+        max_epochs=max_epochs,
+        callbacks=[checkpoint, recorder],
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+        num_sanity_val_steps=1,
+    )
+    train, val = _regression_loaders()
+    trainer.fit(_tiny_module(), train, val, ckpt_path=ckpt_path)
+    return trainer, checkpoint, recorder
+
+
+def test_real_fit_keeps_top_k_and_last_on_disk(tmp_path: Path) -> None:
+    trainer, checkpoint, recorder = _fit(tmp_path, max_epochs=4)
+    assert len(recorder.values) == 4
+    best_two = sorted(range(4), key=lambda epoch: recorder.values[epoch])[:2]
+    expected = sorted(f"epoch={e}-val_loss={recorder.values[e]:.4f}.ckpt" for e in best_two)
+    assert files(tmp_path / "ckpt") == sorted([*expected, "last.ckpt"])
+    best_epoch = best_two[0]
+    assert checkpoint.best_model_path == str(
+        tmp_path / "ckpt" / f"epoch={best_epoch}-val_loss={recorder.values[best_epoch]:.4f}.ckpt"
+    )
+    assert float(checkpoint.best_model_score) == pytest.approx(min(recorder.values))  # type: ignore[arg-type]
+    last = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=True)
+    assert last["global_step"] == trainer.global_step == 4 * 6
+    stored = last["callbacks"][checkpoint.state_key]
+    assert stored["best_model_path"] == checkpoint.best_model_path
+
+
+def test_real_resume_continues_the_top_k_bookkeeping(tmp_path: Path) -> None:
+    _, _, first_values = _fit(tmp_path, max_epochs=2)
+    trainer, resumed, later_values = _fit(
+        tmp_path, max_epochs=5, ckpt_path=str(tmp_path / "ckpt" / "last.ckpt")
+    )
+    values = first_values.values + later_values.values
+    assert trainer.current_epoch == 5 and len(values) == 5
+    best_two = sorted(range(5), key=lambda epoch: values[epoch])[:2]
+    expected = sorted(f"epoch={e}-val_loss={values[e]:.4f}.ckpt" for e in best_two)
+    # Files of the first run were ranked together with the new ones and removed when beaten.
+    assert files(tmp_path / "ckpt") == sorted([*expected, "last.ckpt"])
+    assert set(resumed.best_k_models) == {str(tmp_path / "ckpt" / name) for name in expected}

@@ -8,7 +8,6 @@ replacement is committed.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import re
@@ -19,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from trainer_core import checkpoint as checkpoint_io
 from trainer_core.callbacks.base import Callback
 from trainer_core.errors import MisconfigurationError
 
@@ -368,8 +368,7 @@ class ModelCheckpoint(Callback):
         )
         if not inside:
             return
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(path)
+        checkpoint_io.remove(path)  # the file and its manifest
 
     def _monitor_candidates(self, trainer: Trainer) -> dict[str, Any]:
         metrics: dict[str, Any] = dict(trainer.callback_metrics)
