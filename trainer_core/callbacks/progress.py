@@ -7,6 +7,7 @@ carriage-return redraws would fill the file with one huge line, so plain lines a
 
 from __future__ import annotations
 
+import math
 import sys
 import time
 from typing import TYPE_CHECKING, Any, TextIO
@@ -195,7 +196,7 @@ class _PlainLines:
         self.file = file
         self.description = description
         self.total = total
-        self.every = max(1, int(total * percent / 100)) if total else None
+        self.every = max(1, math.ceil(total * percent / 100)) if total else None
         self.interval_s = interval_s
         self.start = self.last_time = time.monotonic()
         self.last_written = 0
