@@ -1,4 +1,4 @@
-"""`DataModule`: the LightningDataModule contract (prepare, set up and hand out the dataloaders of each stage)."""
+"""`DataModule`: the LightningDataModule contract (prepare, set up, hand out dataloaders)."""
 
 from __future__ import annotations
 

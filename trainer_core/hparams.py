@@ -1,4 +1,4 @@
-"""`save_hyperparameters`: collect a constructor's arguments (frame inspection, `ignore=`) into an `AttributeDict`."""
+"""`save_hyperparameters`: a constructor's arguments (frame inspection, `ignore=`) as an `AttributeDict`."""
 
 from __future__ import annotations
 
@@ -78,7 +78,7 @@ def collect_hyperparameters(
         names = [a for a in args if isinstance(a, str)]
         if len(names) != len(args):
             raise MisconfigurationError(
-                f"save_hyperparameters got {args!r}; pass argument names as strings, a single dict, or nothing "
+                f"save_hyperparameters got {args!r}; pass argument names as strings, one dict, or nothing "
                 "(to save every constructor argument)"
             )
         missing = [name for name in names if name not in init_values]

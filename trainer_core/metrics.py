@@ -31,7 +31,7 @@ _REDUCE_FX: dict[Any, str] = {
     torch.max: "max",
     torch.min: "min",
 }
-# Pending epoch values are folded into the float64 accumulators this often: a bounded list, one kernel per fold.
+# Pending epoch values are folded into the float64 accumulators this often (bounded memory).
 _FOLD_EVERY = 256
 
 
@@ -160,7 +160,7 @@ class MetricStore:
 
     # -- the step path -----------------------------------------------------------------------------
     def set_batch(self, batch: Any) -> None:
-        """The batch being processed, for batch-size inference (only done when a mean epoch value needs it)."""
+        """The batch being processed, for batch-size inference (done only when needed)."""
         self._batch = batch
         self._batch_size = None
         self._batch_seq = self._seq
@@ -343,7 +343,7 @@ class MetricStore:
 
     @property
     def callback_metrics(self) -> dict[str, torch.Tensor]:
-        """Every logged value by name; a metric logged on step and epoch also under its plain name (newest)."""
+        """Every logged value by name; a forked metric also under its plain name."""
         merged = self._merged(lambda spec: True)
         plain: dict[str, tuple[torch.Tensor, int]] = {}
         for spec, value, seq in [*self._step.values(), *self._epoch.values()]:

@@ -64,7 +64,7 @@ class TrainingModule(HyperparametersMixin, nn.Module):
 
     # -- the steps -----------------------------------------------------------------------------------
     def training_step(self, *args: Any, **kwargs: Any) -> Any:
-        """Compute and return the loss of one batch (a tensor, or a dict with a "loss" key, or None to skip)."""
+        """Compute and return the loss of one batch (a tensor, a dict with "loss", or None)."""
         raise MisconfigurationError(
             f"{type(self).__name__} has no training_step: define `def training_step(self, batch, batch_idx)` "
             "returning the loss to train with Trainer.fit"
@@ -82,7 +82,7 @@ class TrainingModule(HyperparametersMixin, nn.Module):
         return self(batch)
 
     def configure_optimizers(self) -> Any:
-        """Return an optimizer, a list of them, `([optimizers], [schedulers])`, or a dict (or a list of dicts)."""
+        """Return an optimizer, a list of them, `([optimizers], [schedulers])`, a dict, or dicts."""
         raise MisconfigurationError(
             f"{type(self).__name__} has no configure_optimizers: define it to return an optimizer, e.g. "
             "`return torch.optim.Adam(self.parameters(), lr=1e-3)`"
@@ -183,7 +183,7 @@ class TrainingModule(HyperparametersMixin, nn.Module):
         """The `Trainer` running this module; an error when none is."""
         if self._trainer is None and not self.__dict__.get("_jit_is_scripting", False):
             raise RuntimeError(f"{type(self).__name__} is not attached to a Trainer (call trainer.fit first)")
-        return self._trainer
+        return self._trainer  # type: ignore[return-value]  # None only while scripting
 
     @trainer.setter
     def trainer(self, trainer: Trainer | None) -> None:
@@ -194,8 +194,8 @@ class TrainingModule(HyperparametersMixin, nn.Module):
         """The device of the module's parameters (CPU when it has none)."""
         for tensor in self.parameters():
             return tensor.device
-        for tensor in self.buffers():
-            return tensor.device
+        for buffer in self.buffers():
+            return buffer.device
         return torch.device("cpu")
 
     @property
@@ -438,7 +438,7 @@ class TrainingModule(HyperparametersMixin, nn.Module):
         example_inputs: Any = None,
         **kwargs: Any,
     ) -> torch.jit.ScriptModule:
-        """Export with TorchScript (`method="script"` or `"trace"`, in eval mode); save it when `file_path`."""
+        """Export with TorchScript ("script" or "trace", in eval mode); saved to `file_path` if given."""
         was_training = self.training
         self.eval()
         # TorchScript reads every attribute while compiling; `trainer` must not raise meanwhile.

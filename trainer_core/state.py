@@ -27,7 +27,7 @@ class LoopProgress:
     `epoch_batches_done`, then its end (hooks, epoch-interval schedulers) and `epoch` advances. A checkpoint
     written from an epoch-end hook therefore says "batches done, end not done": resume only finishes that
     end (steps the epoch schedulers) and starts the next epoch. A checkpoint written mid-epoch records
-    `epoch_batches`, the batch index to continue from; `extra` is where later loop state (a sampler's position,
+    `epoch_batches`, the batch index to continue from; `extra` holds later loop state (a sampler's position,
     for instance) is added without changing these fields.
     """
 

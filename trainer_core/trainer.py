@@ -1,4 +1,4 @@
-"""`Trainer`: validated settings in `__init__` (no work), `fit`/`validate`/`test`/`predict`, public properties.
+"""`Trainer`: validated settings in `__init__` (no work), the entry points, public properties.
 
 A run reads top to bottom in `_run`: attach → rank layout and process group (`_setup_distributed`) →
 prepare_data → setup(stage) → dataloaders → optimizers → resume → loop → teardown. The loops themselves are in
@@ -214,7 +214,7 @@ class Trainer:
             return self._model
         if not isinstance(model, TrainingModule):
             raise MisconfigurationError(
-                f"Trainer.{stage}(model=...) got a {type(model).__name__}; pass a trainer_core.TrainingModule "
+                f"Trainer.{stage}(model=...) got a {type(model).__name__}; pass a TrainingModule "
                 "subclass instance"
             )
         return model
@@ -254,7 +254,8 @@ class Trainer:
         devices = self.settings.device_count()
         if devices > 1 or self.settings.num_nodes > 1:
             raise MisconfigurationError(
-                f"Trainer(devices={self.settings.devices!r}, num_nodes={self.settings.num_nodes}) asks for several "
+                f"Trainer(devices={self.settings.devices!r}, num_nodes={self.settings.num_nodes}) asks for "
+                "several "
                 "processes but this is one process. Launch it with `launch trainer.devices=N` or "
                 "`torchrun --nproc-per-node=N script.py`, or set devices=1"
             )
@@ -400,7 +401,7 @@ class Trainer:
 
     @property
     def estimated_stepping_batches(self) -> int | float:
-        """How many optimizer steps `fit` will take (max_steps and max_epochs bound it; inf when unbounded)."""
+        """How many optimizer steps `fit` will take (inf when unbounded)."""
         return checkpointing.estimated_stepping_batches(self)
 
     @property

@@ -86,9 +86,9 @@ def test_values_stay_tensors_on_the_step_path() -> None:
 
 def test_bad_values_and_reductions_name_the_metric() -> None:
     store = MetricStore()
-    with pytest.raises(MisconfigurationError, match="'vec'.*shape"):
+    with pytest.raises(MisconfigurationError, match=r"'vec'.*shape"):
         store.log("vec", torch.zeros(3))
-    with pytest.raises(MisconfigurationError, match="'x'.*median"):
+    with pytest.raises(MisconfigurationError, match=r"'x'.*median"):
         store.log("x", 1.0, reduce_fx="median")
 
 
@@ -152,5 +152,5 @@ def test_metric_logged_on_one_rank_only_is_a_distributed_error_naming_it() -> No
     store = MetricStore(TwoRanks([]))
     store.stage = "validate"
     store.log("only_here", torch.tensor(1.0), sync_dist=True)
-    with pytest.raises(DistributedError, match="'only_here'.*rank"):
+    with pytest.raises(DistributedError, match=r"'only_here'.*rank"):
         store.end_epoch("validate")

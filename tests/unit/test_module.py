@@ -104,7 +104,7 @@ def test_toggle_optimizer_freezes_the_other_optimizers_parameters(tmp_path: Path
             self.automatic_optimization = False
 
         def training_step(self, batch: Any, batch_idx: int) -> None:
-            first, second = self.optimizers()
+            first, _second = self.optimizers()
             self.toggle_optimizer(first)
             seen["first"] = [p.requires_grad for p in self.net[0].parameters()]
             seen["second"] = [p.requires_grad for p in self.net[2].parameters()]

@@ -47,7 +47,11 @@ def test_val_check_interval_and_check_val_every_n_epoch(
 ) -> None:
     model = Counting()
     trainer = quiet_trainer(
-        tmp_path, max_epochs=2, val_check_interval=interval, check_val_every_n_epoch=every_n, num_sanity_val_steps=0
+        tmp_path,
+        max_epochs=2,
+        val_check_interval=interval,
+        check_val_every_n_epoch=every_n,
+        num_sanity_val_steps=0,
     )
     trainer.fit(model, loader(n=128), loader(n=16))
     assert model.val_runs == expected

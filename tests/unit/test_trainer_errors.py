@@ -75,7 +75,7 @@ def test_missing_monitored_metric_for_plateau_scheduler(tmp_path: Path) -> None:
             scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer)
             return {"optimizer": optimizer, "lr_scheduler": scheduler, "monitor": "val_acc"}
 
-    with pytest.raises(tc.MisconfigurationError, match="val_acc.*train_loss"):
+    with pytest.raises(tc.MisconfigurationError, match=r"val_acc.*train_loss"):
         quiet_trainer(tmp_path).fit(Plateau(), loader())
 
 

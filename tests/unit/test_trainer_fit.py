@@ -71,7 +71,9 @@ def test_gradient_clipping(tmp_path: Path, algorithm: str) -> None:
         def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
             return super().training_step(batch, batch_idx) * 1000
 
-        def optimizer_step(self, epoch: int, batch_idx: int, optimizer: Any, optimizer_closure: Any = None) -> None:
+        def optimizer_step(
+            self, epoch: int, batch_idx: int, optimizer: Any, optimizer_closure: Any = None
+        ) -> None:
             def closure() -> Any:
                 return optimizer_closure()
 
@@ -86,17 +88,21 @@ def test_gradient_clipping(tmp_path: Path, algorithm: str) -> None:
         def on_before_optimizer_step(self, optimizer: Any) -> None:
             pass
 
-        def configure_gradient_clipping(self, optimizer: Any, gradient_clip_val: Any = None, gradient_clip_algorithm: Any = None) -> None:
+        def configure_gradient_clipping(
+            self, optimizer: Any, gradient_clip_val: Any = None, gradient_clip_algorithm: Any = None
+        ) -> None:
             self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
             grads = [p.grad for p in self.parameters()]
             if gradient_clip_algorithm == "value":
                 norms.append(max(float(g.abs().max()) for g in grads))
             else:
-                norms.append(float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))))
+                norms.append(
+                    float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads])))
+                )
 
-    quiet_trainer(tmp_path, max_steps=3, gradient_clip_val=0.5, gradient_clip_algorithm=algorithm, callbacks=[Spy()]).fit(
-        Big(), loader()
-    )
+    quiet_trainer(
+        tmp_path, max_steps=3, gradient_clip_val=0.5, gradient_clip_algorithm=algorithm, callbacks=[Spy()]
+    ).fit(Big(), loader())
     assert len(norms) == 3 and all(n <= 0.5 + 1e-4 for n in norms)
 
 
@@ -127,7 +133,10 @@ class Gan(tc.TrainingModule):
         opt_g, opt_d = self.optimizers()
         real = batch[0]
         fake = self.generator(torch.randn(real.shape[0], 4))
-        d_loss = F.softplus(self.discriminator(fake.detach())).mean() + F.softplus(-self.discriminator(real)).mean()
+        d_loss = (
+            F.softplus(self.discriminator(fake.detach())).mean()
+            + F.softplus(-self.discriminator(real)).mean()
+        )
         opt_d.zero_grad()
         self.manual_backward(d_loss)
         opt_d.step()
@@ -138,7 +147,10 @@ class Gan(tc.TrainingModule):
         self.log_dict({"g_loss": g_loss, "d_loss": d_loss}, prog_bar=True)
 
     def configure_optimizers(self) -> Any:
-        return [torch.optim.Adam(self.generator.parameters(), 1e-3), torch.optim.Adam(self.discriminator.parameters(), 1e-3)]
+        return [
+            torch.optim.Adam(self.generator.parameters(), 1e-3),
+            torch.optim.Adam(self.discriminator.parameters(), 1e-3),
+        ]
 
 
 def test_manual_optimization_with_two_optimizers(tmp_path: Path) -> None:
@@ -186,7 +198,9 @@ def test_test_returns_metric_dicts_and_predict_returns_outputs_in_order(tmp_path
     trainer = quiet_trainer(tmp_path)
     results = trainer.test(model, [loader(n=32), loader(n=48, seed=3)])
     assert len(results) == 2
-    assert set(results[0]) == {"test_loss/dataloader_idx_0"} and set(results[1]) == {"test_loss/dataloader_idx_1"}
+    assert set(results[0]) == {"test_loss/dataloader_idx_0"} and set(results[1]) == {
+        "test_loss/dataloader_idx_1"
+    }
     predictions = trainer.predict(model, loader(n=40, batch_size=16))
     assert [p.shape[0] for p in predictions] == [16, 16, 8]
     x = torch.cat([batch[0] for batch in loader(n=40, batch_size=16)])

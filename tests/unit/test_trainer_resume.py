@@ -20,7 +20,11 @@ class Noisy(tc.TrainingModule):
         super().__init__()
         self.save_hyperparameters()
         self.net = torch.nn.Sequential(
-            torch.nn.Linear(8, 32), torch.nn.BatchNorm1d(32), torch.nn.ReLU(), torch.nn.Dropout(0.3), torch.nn.Linear(32, 2)
+            torch.nn.Linear(8, 32),
+            torch.nn.BatchNorm1d(32),
+            torch.nn.ReLU(),
+            torch.nn.Dropout(0.3),
+            torch.nn.Linear(32, 2),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -52,7 +56,9 @@ class SaveEachEpoch(tc.callbacks.Callback):
 def _fit(tmp_path: Path, max_epochs: int, ckpt_path: Any = None) -> tuple[Noisy, tc.Trainer]:
     tc.seed_everything(7, workers=True)
     model = Noisy()
-    trainer = quiet_trainer(tmp_path, max_epochs=max_epochs, deterministic=True, callbacks=[SaveEachEpoch(tmp_path)])
+    trainer = quiet_trainer(
+        tmp_path, max_epochs=max_epochs, deterministic=True, callbacks=[SaveEachEpoch(tmp_path)]
+    )
     trainer.fit(model, loader(n=96, shuffle=True), loader(n=32), ckpt_path=ckpt_path)
     return model, trainer
 
@@ -93,21 +99,23 @@ def test_module_checkpoint_hooks(tmp_path: Path) -> None:
 
 
 def test_missing_ckpt_path_names_the_file(tmp_path: Path) -> None:
-    with pytest.raises(tc.CheckpointError, match="nope.ckpt"):
+    with pytest.raises(tc.CheckpointError, match=r"nope.ckpt"):
         quiet_trainer(tmp_path).fit(Noisy(), loader(), ckpt_path=tmp_path / "nope.ckpt")
 
 
 def test_corrupt_checkpoint_is_a_checkpoint_error_naming_the_file(tmp_path: Path) -> None:
     bad = tmp_path / "bad.ckpt"
     bad.write_bytes(b"not a checkpoint at all")
-    with pytest.raises(tc.CheckpointError, match="bad.ckpt"):
+    with pytest.raises(tc.CheckpointError, match=r"bad.ckpt"):
         quiet_trainer(tmp_path).fit(Noisy(), loader(), ckpt_path=bad)
 
 
 def test_ckpt_path_last_resumes_from_the_checkpoint_callback(tmp_path: Path) -> None:
     def run(epochs: int, ckpt_path: Any = None) -> tc.Trainer:
         checkpoint = tc.callbacks.ModelCheckpoint(dirpath=tmp_path / "ckpts", save_last=True)
-        trainer = quiet_trainer(tmp_path, max_epochs=epochs, enable_checkpointing=True, callbacks=[checkpoint])
+        trainer = quiet_trainer(
+            tmp_path, max_epochs=epochs, enable_checkpointing=True, callbacks=[checkpoint]
+        )
         trainer.fit(Noisy(), loader(), loader(n=32), ckpt_path=ckpt_path)
         return trainer
 

@@ -7,7 +7,7 @@ The loop, with each hook where it fires (`cb` = callbacks in the trainer's order
         dm.prepare_data / module.prepare_data            (rank zero of each node, or of the job)
         setup("fit"):          dm, cb, module;   module.configure_model
         configure_optimizers
-        restore from ckpt_path:  module.on_load_checkpoint, weights, cb.on_load_checkpoint, cb.load_state_dict,
+        restore from ckpt_path: module.on_load_checkpoint, weights, cb.on_load_checkpoint, cb.load_state_dict,
                                  optimizers, schedulers, loop progress
         on_fit_start:          cb, module
         on_sanity_check_start: cb;   validation loop (below, metrics discarded);   on_sanity_check_end: cb
@@ -19,7 +19,7 @@ The loop, with each hook where it fires (`cb` = callbacks in the trainer's order
                 training_step (inside the optimizer closure)
                     on_before_zero_grad: cb, module;  optimizer_zero_grad      (first batch of a window)
                     on_before_backward: cb, module;  backward;  on_after_backward: cb, module
-                on_before_optimizer_step: cb, module;  gradient clipping;  optimizer step   (window's last batch)
+                on_before_optimizer_step: cb, module; gradient clipping; optimizer step (window's end)
                 step-interval schedulers
                 on_train_batch_end:   cb, module
                 loggers every log_every_n_steps

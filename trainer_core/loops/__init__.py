@@ -1,1 +1,1 @@
-"""The trainer's loops: fit (`fit.py`), evaluation (`evaluation.py`), predict (`predict.py`) and their helpers."""
+"""The trainer's loops: fit (`fit.py`), evaluation (`evaluation.py`), predict (`predict.py`), helpers."""

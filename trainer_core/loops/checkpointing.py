@@ -1,4 +1,4 @@
-"""The checkpoint dict the trainer writes (docs/architecture.md has the layout) and how resume reads it back."""
+"""The checkpoint dict the trainer writes (layout: docs/architecture.md) and how resume reads it."""
 
 from __future__ import annotations
 
@@ -62,13 +62,13 @@ def _training_state(trainer: Trainer) -> dict[str, Any]:
 
 
 def resolve_path(trainer: Trainer, ckpt_path: Any) -> str:
-    """`ckpt_path` as a file: a path, "last" (the newest `last.ckpt`) or "best" (the checkpoint callback's)."""
+    """`ckpt_path` as a file: a path, "last" (the newest `last.ckpt`) or "best"."""
     if ckpt_path == "best":
         callback = trainer.checkpoint_callback
         best = getattr(callback, "best_model_path", "") if callback is not None else ""
         if not best:
             raise MisconfigurationError(
-                'ckpt_path="best" but no ModelCheckpoint has saved a best checkpoint yet; fit first, or pass a '
+                'ckpt_path="best" but no ModelCheckpoint has saved a best checkpoint; fit first, or pass a '
                 "path"
             )
         return str(best)
@@ -122,7 +122,7 @@ def restore(trainer: Trainer, path: str, full: bool) -> None:
 def _restore_training_state(trainer: Trainer, state: dict[str, Any], path: str) -> None:
     if "optimizer_states" not in state:
         raise CheckpointError(
-            f"{path} holds weights only (saved with weights_only=True); resume needs a full checkpoint, or load "
+            f"{path} holds weights only (saved with weights_only=True); resume needs a full one, or load "
             "the weights with Module.load_from_checkpoint and start a new fit"
         )
     if trainer._dispatch is not None:

@@ -1,4 +1,4 @@
-"""Batches and dataloaders for the loops: moving batches to the device, `limit_*_batches`, look-ahead fetching."""
+"""Batches and dataloaders for the loops: device moves, `limit_*_batches`, look-ahead."""
 
 from __future__ import annotations
 

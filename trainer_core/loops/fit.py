@@ -166,7 +166,7 @@ class FitLoop:
         assert dispatch is not None
         metrics.stage = "train"
         if self._collect:
-            self.module.training_epoch_end(outputs)  # type: ignore[attr-defined]
+            self.module.training_epoch_end(outputs)  # type: ignore[attr-defined,operator]
         values = metrics.end_epoch("train")
         dispatch.epoch_end("on_train_epoch_end", between=lambda: values.update(metrics.end_epoch("train")))
         values.update(metrics.end_epoch("train"))

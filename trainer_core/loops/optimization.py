@@ -107,7 +107,7 @@ class Optimization:
         self.gradient_clip_algorithm = gradient_clip_algorithm
         self.wrappers = [TrainerOptimizer(optimizer, self) for optimizer in optimizers]
         self._step_end = getattr(module, "training_step_end", None)  # the Lightning 1.x hook, when defined
-        self._custom_backward = type(module).backward is not _module_base().backward
+        self._custom_backward = type(module).backward is not _module_base().backward  # type: ignore[attr-defined]
         self._clips = bool(gradient_clip_val) or _overrides_clipping(module)
         self._warned_none = False
         self.stepped = False  # an optimizer stepped during the current batch

@@ -119,7 +119,8 @@ def resolve_dataloaders(trainer: Trainer, stage: str, given: dict[str, Any]) -> 
     if stage != "fit" and not any(getattr(trainer, f"{k}_dataloaders") for k in _STAGE_LOADERS[stage]):
         method = _LOADER_METHODS[_STAGE_LOADERS[stage][0]]
         raise MisconfigurationError(
-            f"Trainer.{stage} found no dataloader: pass dataloaders=..., a datamodule with {method}(), or define "
+            f"Trainer.{stage} found no dataloader: pass dataloaders=..., a datamodule with {method}(), or "
+            f"define "
             f"{method}() on the module"
         )
 
@@ -146,7 +147,8 @@ def _val_check_batch(trainer: Trainer) -> int | float:
         if s.check_val_every_n_epoch is not None and interval > batches:
             raise MisconfigurationError(
                 f"Trainer(val_check_interval={interval}) is more than the {batches} training batches of an "
-                "epoch; use a smaller int, a float fraction, or check_val_every_n_epoch=None to count batches "
+                "epoch; use a smaller int, a float fraction, or check_val_every_n_epoch=None to count "
+                "batches "
                 "across epochs (limit_val_batches=0 disables validation)"
             )
         return interval
@@ -191,7 +193,7 @@ def _configure_optimizers(trainer: Trainer, model: TrainingModule) -> None:
         )
     if model.automatic_optimization and not optimizers:
         raise MisconfigurationError(
-            "configure_optimizers returned no optimizer: return one (e.g. torch.optim.Adam(self.parameters())) "
+            "configure_optimizers returned no optimizer: return one (torch.optim.Adam(self.parameters())) "
             "or set self.automatic_optimization = False"
         )
     trainer.optimizers, trainer.lr_scheduler_configs = optimizers, configs

@@ -182,7 +182,7 @@ class TrainerSettings:
 
     # -- what the settings build ----------------------------------------------------------------------
     def build_callbacks(self) -> list[Callback]:
-        """The user's callbacks plus Lightning's defaults (checkpoint, progress bar, summary), checkpoints last."""
+        """The user's callbacks plus Lightning's defaults, checkpoint callbacks last."""
         from trainer_core.callbacks import ModelCheckpoint, ModelSummary, ProgressBar, TQDMProgressBar
 
         callbacks = list(self.callbacks)
@@ -243,7 +243,8 @@ def _precision(value: Any) -> str:
         raise _fail(
             "precision",
             value,
-            'use one of "32-true", "16-mixed", "bf16-mixed" (or Lightning\'s aliases 32, "32", 16, "16", "bf16")',
+            'use one of "32-true", "16-mixed", "bf16-mixed" '
+            '(or Lightning\'s aliases 32, "32", 16, "16", "bf16")',
         )
     return name
 
