@@ -366,6 +366,11 @@ def wrap_model(
     With `automatic_optimization = False`, the step's `manual_backward` must call
     `prepare_for_manual_backward(wrapped, loss)` before `loss.backward()`.
     """
+    if sync_batchnorm and device.type != "cuda":
+        raise MisconfigurationError(
+            f"sync_batchnorm=True on device {device}: torch's SyncBatchNorm runs on GPUs only. "
+            "HINT: set sync_batchnorm=False on CPU, or use accelerator='gpu'."
+        )
     if sync_batchnorm:
         module = nn.SyncBatchNorm.convert_sync_batchnorm(module)
     return _TrainingStepDDP(

@@ -1,4 +1,7 @@
-"""Two real Gloo ranks: collectives, samplers, predictions, DDP gradients, prepare_data, failures."""
+"""Two real ranks: collectives, samplers, predictions, DDP gradients, prepare_data, failures.
+
+Gloo on CPU everywhere; the tests parametrised over `backend` also run with NCCL on CUDA where 2 GPUs exist.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+import torch
 
 RunRanks = Callable[..., Any]  # the `run_ranks` fixture of conftest.py
 
@@ -20,23 +24,35 @@ from trainer_core.environment import RankEnvironment
 from trainer_core.errors import DistributedError
 env = RankEnvironment.detect()
 agreement = timedelta(seconds={agreement})
-collectives = D.init_process_group(env, "gloo", timedelta(seconds=60), agreement_timeout=agreement)
+collectives = D.init_process_group(env, "{backend}", timedelta(seconds=60), agreement_timeout=agreement)
+device = collectives.device
 """
+BACKENDS = [
+    "gloo",
+    pytest.param(
+        "nccl",
+        marks=[
+            pytest.mark.gpu,
+            pytest.mark.skipif(torch.cuda.device_count() < 2, reason="NCCL needs 2 CUDA GPUs"),
+        ],
+    ),
+]
 
 
-def join(agreement: float = 30) -> str:
-    return JOIN.replace("{agreement}", str(agreement))
+def join(agreement: float = 30, backend: str = "gloo") -> str:
+    return JOIN.replace("{agreement}", str(agreement)).replace("{backend}", backend)
 
 
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("launcher", ["torchrun", "srun"])
-def test_collectives(run_ranks: RunRanks, launcher: str) -> None:
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_collectives(run_ranks: RunRanks, launcher: str, backend: str) -> None:
     body = (
-        join()
+        join(backend=backend)
         + """
 value = float(rank + 1)
 sums = collectives.all_reduce(torch.tensor([value, 10 * value], dtype=torch.float64), "sum")
-maxima = collectives.all_reduce(torch.tensor([value]), "max")
+maxima = collectives.all_reduce(torch.tensor([value], device=device), "max")
 minima = collectives.all_reduce(torch.tensor([value]), "min")
 gathered = collectives.all_gather_object({"rank": rank, "name": f"r{rank}"})
 broadcast = collectives.broadcast_object(f"from {rank}", src=1)
@@ -86,16 +102,17 @@ D.destroy_process_group()
 
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize(("size", "expected_shards"), [(101, [51, 50]), (1, [1, 0])])
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_eval_sampler_sees_every_sample_once_and_predictions_come_back_in_order(
-    run_ranks: RunRanks, size: int, expected_shards: list[int]
+    run_ranks: RunRanks, size: int, expected_shards: list[int], backend: str
 ) -> None:
     body = (
-        join()
+        join(backend=backend)
         + f"""
 from torch.utils.data import DataLoader
 dataset = torch.arange({size}, dtype=torch.float32)
 loader = D.eval_loader_with_sampler(DataLoader(dataset, batch_size=8), 2, rank)
-predictions = [batch * 2 for batch in loader]
+predictions = [batch.to(device) * 2 for batch in loader]  # on the GPU under NCCL
 seen = [int(i) for batch in loader for i in batch]
 merged = D.collect_predictions(collectives, predictions, D.batch_indices(loader))
 flat = None if merged is None else [float(v) for batch in merged for v in batch]
@@ -113,9 +130,10 @@ D.destroy_process_group()
 
 
 @pytest.mark.timeout(120)
-def test_ddp_gradients_match_one_process_on_the_combined_batch(run_ranks: RunRanks) -> None:
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_ddp_gradients_match_one_process_on_the_combined_batch(run_ranks: RunRanks, backend: str) -> None:
     body = (
-        join()
+        join(backend=backend)
         + """
 import copy
 from torch import nn
@@ -130,9 +148,10 @@ class Regressor(nn.Module):
         return nn.functional.mse_loss(self.net(inputs), targets)
 
 seed_everything(3)
-model = Regressor()
+model = Regressor().to(device)
+untrained = copy.deepcopy(model)
 reference = copy.deepcopy(model)
-inputs, targets = torch.randn(8, 5), torch.randn(8, 1)  # same on every rank: same seed
+inputs, targets = torch.randn(8, 5, device=device), torch.randn(8, 1, device=device)  # same seed, same data
 ddp = D.wrap_model(model, collectives.device, D.resolve_strategy("ddp"))
 optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
 reference_optimizer = torch.optim.SGD(reference.parameters(), lr=0.1)
@@ -145,7 +164,7 @@ for step in range(3):
     reference.training_step((inputs, targets), step).backward()
     reference_optimizer.step()
 gap = max((a - b).abs().max().item() for a, b in zip(model.parameters(), reference.parameters()))
-moved = max((a - b).abs().max().item() for a, b in zip(model.parameters(), Regressor().parameters()))
+moved = max((a - b).abs().max().item() for a, b in zip(model.parameters(), untrained.parameters()))
 save_result({"gap": gap, "moved": moved})
 D.destroy_process_group()
 """
@@ -307,3 +326,55 @@ D.destroy_process_group()
     job.assert_succeeded()
     for result in job.results:
         assert max(result["gaps"]) < 1e-6
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_sync_batchnorm_normalises_over_the_combined_batch(run_ranks: RunRanks, backend: str) -> None:
+    body = (
+        join(backend=backend)
+        + """
+import copy
+from torch import nn
+from trainer_core.seed import seed_everything
+
+class Normalised(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(5, 8), nn.BatchNorm1d(8), nn.Linear(8, 1))
+    def training_step(self, batch, batch_idx):
+        inputs, targets = batch
+        return nn.functional.mse_loss(self.net(inputs), targets)
+
+seed_everything(5)
+model = Normalised().to(device)
+reference = copy.deepcopy(model)
+inputs, targets = torch.randn(8, 5, device=device) * 3 + 1, torch.randn(8, 1, device=device)
+try:
+    ddp = D.wrap_model(model, device, D.resolve_strategy("ddp"), sync_batchnorm=True)
+except Exception as error:  # CPU: refused before any work, with the fix
+    save_result({"error": f"{type(error).__name__}: {error}"})
+    D.destroy_process_group()
+    sys.exit(0)
+half = slice(4 * rank, 4 * rank + 4)
+ddp((inputs[half], targets[half]), 0).backward()
+reference.training_step((inputs, targets), 0).backward()
+pairs = list(zip(model.parameters(), reference.parameters()))
+save_result({
+    "synced": type(model.net[1]).__name__,
+    "grad_gap": max((a.grad - b.grad).abs().max().item() for a, b in pairs),
+    "mean_gap": (model.net[1].running_mean - reference.net[1].running_mean).abs().max().item(),
+})
+D.destroy_process_group()
+"""
+    )
+    job = run_ranks(body)
+    job.assert_succeeded()
+    for result in job.results:
+        if backend == "gloo":
+            assert result["error"].startswith("MisconfigurationError: sync_batchnorm=True on device cpu")
+            assert "HINT: set sync_batchnorm=False" in result["error"]
+            continue
+        assert result["synced"] == "SyncBatchNorm"
+        assert result["grad_gap"] < 1e-5
+        assert result["mean_gap"] < 1e-6
