@@ -58,7 +58,9 @@ if [[ ! -d "$STATE_DIR" ]]; then
     exit 0
 fi
 began=$SECONDS
-if [[ -s "$PID_LIST" ]] && [[ "$(wc -l <"$PID_LIST")" -ge 5 ]]; then
+# Only a running slurmctld can cancel jobs; without one there is nothing to ask (and no job can run).
+read -r _ ctld_pid < <(grep '^slurmctld ' "$PID_LIST" 2>/dev/null || echo "- 0")
+if pid_is slurmctld "$ctld_pid"; then
     cancel_jobs
 fi
 stop_daemons

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -103,3 +104,28 @@ def test_high_tier_job_preempts_low_tier_job_which_gets_the_signal_and_is_requeu
         assert sum(line.startswith("start") for line in lines) == 2, lines
     states = [row["State"].split()[0] for row in job_rows(low)]
     assert states == [first_run_state, "COMPLETED"]
+
+
+@pytest.mark.timeout(60)
+def test_start_is_idempotent_and_status_says_up(slurm_cluster: SlurmCluster) -> None:
+    scripts = HERE.parents[1] / "slurm" / "cluster"
+    pids_before = (slurm_cluster.state_dir / "pids").read_text()
+
+    again = subprocess.run(
+        [str(scripts / "start.sh"), "--nodes", str(slurm_cluster.nodes)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    other = subprocess.run(
+        [str(scripts / "start.sh"), "--nodes", str(slurm_cluster.nodes + 1)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    status = subprocess.run([str(scripts / "status.sh")], capture_output=True, text=True, timeout=30)
+
+    assert again.returncode == 0 and "nothing to do" in again.stderr
+    assert other.returncode == 1 and "run stop.sh first" in other.stderr
+    assert status.returncode == 0 and status.stdout.startswith("up:")
+    assert (slurm_cluster.state_dir / "pids").read_text() == pids_before  # nothing restarted
