@@ -1,0 +1,1 @@
+"""Benchmarks: `python -m bench [NAME ...] [--quick]` runs them and writes `bench/results/<name>.md/.json`."""
