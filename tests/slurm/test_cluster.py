@@ -92,7 +92,10 @@ def test_high_tier_job_preempts_low_tier_job_which_gets_the_signal_and_is_requeu
     for rank in range(nodes):
         wait_for_lines(tmp_path / f"rank{rank}.log", 1, timeout_s=60)
 
-    high = sbatch("-p", "high", "-N", "1", "--exclusive", "-t", "2", "--wrap", "sleep 2")
+    high = sbatch(
+        "-p", "high", "-N", "1", "--exclusive", "-t", "2",
+        "-o", str(tmp_path / "high-%j.out"), "--wrap", "sleep 2",
+    )  # fmt: skip
 
     assert wait_for_final_state(low, timeout_s=180) == "COMPLETED"
     assert wait_for_final_state(high, timeout_s=30) == "COMPLETED"
