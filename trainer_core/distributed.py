@@ -65,7 +65,12 @@ class TorchCollectives:
     """`Collectives` over `torch.distributed`, with bounded agreements on a separate Gloo group."""
 
     def __init__(
-        self, env: RankEnvironment, device: torch.device, store: Store, agreement_timeout: timedelta
+        self,
+        env: RankEnvironment,
+        device: torch.device,
+        store: Store,
+        agreement_timeout: timedelta,
+        failure_watch_interval: float | None = 1.0,
     ) -> None:
         self.env = env
         self.device = device
@@ -73,6 +78,9 @@ class TorchCollectives:
         self.agreement_timeout = agreement_timeout
         self._agreement_group = dist.new_group(backend="gloo", timeout=agreement_timeout)
         self._calls = 0
+        self.failure_watch = (
+            None if failure_watch_interval is None else _FailureWatch(env, failure_watch_interval)
+        )
 
     @property
     def rank(self) -> int:
@@ -142,12 +150,15 @@ def init_process_group(
     *,
     accelerator: str = "auto",
     agreement_timeout: timedelta = DEFAULT_AGREEMENT_TIMEOUT,
+    failure_watch_interval: float | None = 1.0,
 ) -> TorchCollectives:
     """Join the job's process group and return its collectives.
 
     `backend=None` picks NCCL for a GPU accelerator and Gloo otherwise; with NCCL this rank uses
     `cuda:{local_rank}`. `timeout` bounds DDP's collectives, `agreement_timeout` the barriers and object
     exchanges. Rank 0 of a Slurm job checks first that the rendezvous port is free (`check_master_port`).
+    Every `failure_watch_interval` seconds a background thread looks for a failure that another rank
+    recorded (`abort_on_exception`) and ends this rank, even inside an NCCL collective; None turns it off.
     """
     backend = backend or select_backend(accelerator)
     device = torch.device("cpu")
@@ -156,7 +167,7 @@ def init_process_group(
         torch.cuda.set_device(device)
     if dist.is_initialized():  # the user's script made the group already: join it, do not make another
         store = dist.distributed_c10d._get_default_store()
-        return TorchCollectives(env, device, store, agreement_timeout)
+        return TorchCollectives(env, device, store, agreement_timeout, failure_watch_interval)
     check_master_port(env)
     store = TCPStore(
         env.master_addr,
@@ -172,11 +183,16 @@ def init_process_group(
         device_id=device if backend == "nccl" else None,
     )  # fmt: skip
     log.info("Rank %d of %d joined the %s process group (%s)", env.rank, env.world_size, backend, env.source)
-    return TorchCollectives(env, device, store, agreement_timeout)
+    return TorchCollectives(env, device, store, agreement_timeout, failure_watch_interval)
 
 
-def destroy_process_group(within: timedelta = timedelta(seconds=10)) -> None:
-    """Leave the process group; a peer that is gone must not keep this rank waiting past `within`."""
+def destroy_process_group(
+    collectives: Collectives | None = None, within: timedelta = timedelta(seconds=10)
+) -> None:
+    """Stop the failure watch and leave the process group; a peer that is gone must not hold this rank
+    past `within`."""
+    if isinstance(collectives, TorchCollectives) and collectives.failure_watch is not None:
+        collectives.failure_watch.stop()
     if not dist.is_initialized():
         return
     worker = threading.Thread(target=dist.destroy_process_group, name="destroy-process-group", daemon=True)
@@ -235,8 +251,9 @@ def abort_on_exception(
 ) -> Iterator[None]:
     """On an exception in a job of several ranks: log it with the rank, leave the group, exit non-zero.
 
-    The failing rank records itself in the rendezvous store (the first one wins), so a rank that fails only
-    because its peer vanished says which rank failed first. Exiting with `os._exit` after the logs are flushed
+    The failing rank records itself in the rendezvous store (the first one wins): the other ranks' failure
+    watches read it within a second or two and stop too, saying which rank failed first, wherever they are
+    (an NCCL collective, a computation, a store wait). Exiting with `os._exit` after the logs are flushed
     is deliberate: a rank whose peers are gone can otherwise hang at interpreter exit (DataLoader workers,
     NCCL teardown), and the launcher tears the job down as soon as one rank exits non-zero. With one rank, or
     `hard_exit=False`, the exception propagates as usual.
@@ -247,13 +264,52 @@ def abort_on_exception(
         if not isinstance(collectives, TorchCollectives):
             raise
         _report_failure(collectives, error)
-        destroy_process_group()
+        destroy_process_group(collectives)
         if not hard_exit:
             raise
-        logging.shutdown()
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(exit_code)
+        _exit_now(exit_code)
+
+
+def _exit_now(exit_code: int) -> None:
+    """Flush every log and end the process at once, skipping exit handlers that may wait on gone peers."""
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(exit_code)
+
+
+class _FailureWatch:
+    """Ends this rank soon after another rank records a failure in the rendezvous store.
+
+    Gloo notices a vanished peer by itself, but an NCCL collective waits for its full timeout, and a rank in
+    a long computation notices nothing; polling one small key bounds both. An unreachable store is not taken
+    as a failure: at a normal end, the rank that hosts the store may simply have exited first.
+    """
+
+    def __init__(self, env: RankEnvironment, interval: float) -> None:
+        self.interval = interval
+        self.reporting = False  # set when this rank records its own failure: it must not end itself early
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, args=(env,), name="failure-watch", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _watch(self, env: RankEnvironment) -> None:
+        try:
+            client = TCPStore(env.master_addr, env.master_port, None, False, timedelta(seconds=10), False)
+        except Exception:
+            log.debug("The failure watch could not reach the rendezvous store", exc_info=True)
+            return
+        while not self._stop.wait(self.interval):
+            try:
+                first = client.get(_FAILURE_KEY).decode() if client.check([_FAILURE_KEY]) else None
+            except Exception:
+                continue
+            if first is not None and not self.reporting:
+                log.error("Rank %d stops because another rank failed first: %s", env.rank, first)
+                _exit_now(1)
 
 
 def _report_failure(collectives: TorchCollectives, error: BaseException) -> None:
@@ -261,6 +317,9 @@ def _report_failure(collectives: TorchCollectives, error: BaseException) -> None
     rank = collectives.rank
     summary = f"rank {rank} ({os.uname().nodename}, pid {os.getpid()}): {type(error).__name__}: {error}"
     first = summary
+    watch = collectives.failure_watch
+    if watch is not None:
+        watch.reporting = True
     try:
         collectives.store.set_timeout(timedelta(seconds=5))  # the store's host may be the rank that is gone
         first = collectives.store.compare_set(_FAILURE_KEY, "", summary).decode()
@@ -270,6 +329,9 @@ def _report_failure(collectives: TorchCollectives, error: BaseException) -> None
     if first != summary:
         log.error("Rank %d stops because another rank failed first: %s", rank, first)
     log.error("Rank %d failed; stopping every rank of the job.\n%s", rank, trace)
+    hosts_store = collectives.rank == 0 and not collectives.env.agent_store
+    if first == summary and hosts_store and watch is not None:
+        time.sleep(2 * watch.interval)  # the store leaves with this rank: let the others' watches read it
 
 
 @dataclass

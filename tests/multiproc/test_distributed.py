@@ -250,35 +250,51 @@ else:
     assert "(limit 3 s)" in error and "HINT" in error
 
 
+WAITS = {
+    "barrier": 'collectives.barrier("epoch end")',
+    "all_reduce": "for _ in range(100000): collectives.all_reduce(torch.ones(3, device=device))",
+    "computation": "import time; time.sleep(600)",  # reaches no collective: only the failure watch stops it
+}
+FAILURES = [
+    # (launcher, rank that raises, where the other rank is); `srun` has no agent to end the other rank.
+    ("srun", 1, "barrier"),
+    ("srun", 1, "all_reduce"),
+    ("srun", 1, "computation"),
+    ("srun", 0, "all_reduce"),  # rank 0 also hosts the rendezvous store
+    ("srun", 0, "computation"),
+    ("torchrun", 1, "all_reduce"),
+    ("torchrun", 0, "barrier"),
+]
+
+
 @pytest.mark.timeout(90)
-@pytest.mark.parametrize("launcher", ["srun", "torchrun"])
-@pytest.mark.parametrize("waiting_in", ["barrier", "all_reduce"])
+@pytest.mark.parametrize(("launcher", "failing", "waiting_in"), FAILURES)
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_a_rank_that_raises_stops_every_rank_non_zero(
-    run_ranks: RunRanks, launcher: str, waiting_in: str
+    run_ranks: RunRanks, launcher: str, failing: int, waiting_in: str, backend: str
 ) -> None:
-    wait = 'collectives.barrier("epoch end")' if waiting_in == "barrier" else (
-        "for _ in range(100000): collectives.all_reduce(torch.ones(3))"
-    )  # fmt: skip
-    # A long agreement timeout: the other rank must stop because its peer left, not because a timer ran out.
+    # Long timeouts: the other rank must stop because its peer failed, not because a timer ran out.
     body = (
-        join(agreement=600)
+        join(agreement=600, backend=backend).replace("timedelta(seconds=60)", "timedelta(seconds=600)")
         + f"""
 import logging
 logging.basicConfig(level=logging.INFO, format=f"[rank {{rank}}] %(levelname)s %(message)s")
 with D.abort_on_exception(collectives):
     for _ in range(3):
-        collectives.all_reduce(torch.ones(3))
-    if rank == 1:
-        raise ValueError("boom from rank 1")
-    {wait}
+        collectives.all_reduce(torch.ones(3, device=device))
+    if rank == {failing}:
+        raise ValueError("boom from rank {failing}")
+    {WAITS[waiting_in]}
 save_result("finished")
 """
     )
-    job = run_ranks(body, launcher=launcher, timeout=60)
+    job = run_ranks(body, launcher=launcher, timeout=60)  # the 60 s bound of the contract
     assert all(code != 0 for code in job.returncodes), job.output
     assert job.results == [None, None], job.output
-    assert "ValueError: boom from rank 1" in job.output
-    assert "Rank 1 failed" in job.output
+    assert f"ValueError: boom from rank {failing}" in job.output
+    assert f"Rank {failing} failed" in job.output
+    if launcher == "srun":  # no agent: the other rank said why it stopped
+        assert f"because another rank failed first: rank {failing} (" in job.output
 
 
 @pytest.mark.timeout(120)
