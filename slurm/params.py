@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import signal as signals
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
+
+import submitit
 
 from slurm.errors import SlurmConfigError
 
@@ -184,6 +187,16 @@ def executor_parameters(cfg: SlurmConfig, devices: int, num_nodes: int, accelera
 def executor_init_parameters(cfg: SlurmConfig) -> dict[str, Any]:
     """Keyword arguments for the `submitit.AutoExecutor` constructor (update_parameters rejects these)."""
     return {"slurm_max_num_timeout": cfg.max_num_timeout}
+
+
+def make_executor(
+    folder: str | Path, cfg: SlurmConfig, devices: int, num_nodes: int, accelerator: str
+) -> submitit.AutoExecutor:
+    """A submitit executor for the Slurm cluster, configured from `cluster.*` (needs `srun` on PATH)."""
+    params = executor_parameters(cfg, devices, num_nodes, accelerator)
+    executor = submitit.AutoExecutor(folder=folder, cluster="slurm", **executor_init_parameters(cfg))
+    executor.update_parameters(**params)
+    return executor
 
 
 def sbatch_parameters(auto_params: dict[str, Any]) -> dict[str, Any]:

@@ -7,12 +7,11 @@ import time
 from pathlib import Path
 
 import pytest
-import submitit
 from slurmtools import SlurmCluster, describe_task, wait_for_final_state
 from submitit.slurm.slurm import _make_sbatch_string
 
 from slurm.errors import SlurmPreflightError
-from slurm.params import SlurmConfig, executor_init_parameters, executor_parameters, sbatch_parameters
+from slurm.params import SlurmConfig, executor_parameters, make_executor, sbatch_parameters
 from slurm.preflight import preflight
 
 pytestmark = pytest.mark.slurm
@@ -37,8 +36,7 @@ def test_auto_executor_writes_the_script_our_translation_predicts(tmp_path: Path
         partition="high", mem_gb=1.5, setup=["echo set up"], additional_parameters={"comment": "x"}
     )
     params = executor_parameters(cfg, devices=2, num_nodes=2, accelerator="cpu")
-    executor = submitit.AutoExecutor(folder=tmp_path / "%j", cluster="slurm", **executor_init_parameters(cfg))
-    executor.update_parameters(**params)
+    executor = make_executor(tmp_path / "%j", cfg, devices=2, num_nodes=2, accelerator="cpu")
 
     written = executor._executor._make_submission_file_text("<COMMAND>", "uid")
     predicted = _make_sbatch_string(command="<COMMAND>", folder=tmp_path / "%j", **sbatch_parameters(params))
@@ -54,10 +52,7 @@ def test_mapped_parameters_start_one_task_per_device_on_every_node(
     cfg = SlurmConfig(time_min=5, signal_delay_s=30, cpus_per_task=1)
     nodes, devices = slurm_cluster.nodes, 2
     preflight(cfg, nodes, devices, 0)
-    executor = submitit.AutoExecutor(folder=tmp_path / "%j", cluster="slurm", **executor_init_parameters(cfg))
-    executor.update_parameters(
-        **executor_parameters(cfg, devices=devices, num_nodes=nodes, accelerator="cpu")
-    )
+    executor = make_executor(tmp_path / "%j", cfg, devices=devices, num_nodes=nodes, accelerator="cpu")
 
     job = executor.submit(describe_task, "mapped")
     deadline = time.monotonic() + 120
