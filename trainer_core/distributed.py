@@ -165,8 +165,9 @@ def init_process_group(
     if backend == "nccl":
         device = torch.device("cuda", env.local_rank)
         torch.cuda.set_device(device)
-    if dist.is_initialized():  # the user's script made the group already: join it, do not make another
-        store = dist.distributed_c10d._get_default_store()
+    if dist.is_initialized():  # a group exists already (the user's script, an earlier stage): join it
+        # A plain client of the rendezvous store, so that its keys are the ones the failure watch reads.
+        store = TCPStore(env.master_addr, env.master_port, None, False, timeout, False)
         return TorchCollectives(env, device, store, agreement_timeout, failure_watch_interval)
     check_master_port(env)
     store = TCPStore(

@@ -394,3 +394,22 @@ D.destroy_process_group()
         assert result["synced"] == "SyncBatchNorm"
         assert result["grad_gap"] < 1e-5
         assert result["mean_gap"] < 1e-6
+
+
+@pytest.mark.timeout(120)
+def test_a_second_stage_joins_the_existing_group(run_ranks: RunRanks) -> None:
+    body = (
+        join()
+        + """
+# fit() is done; test() starts in the same process and joins the group that exists
+again = D.init_process_group(env, "gloo", timedelta(seconds=60), agreement_timeout=agreement)
+total = again.all_reduce(torch.tensor([1.0]), "sum").item()
+names = again.all_gather_object(f"r{rank}")
+D.destroy_process_group(collectives)
+D.destroy_process_group(again)
+save_result({"total": total, "names": names})
+"""
+    )
+    job = run_ranks(body, launcher="srun")
+    job.assert_succeeded()
+    assert job.results == [{"total": 2.0, "names": ["r0", "r1"]}] * 2
