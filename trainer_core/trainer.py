@@ -112,6 +112,8 @@ class Trainer:
         self._val_check_batch: int | float = math.inf
         self._restored_rng: dict[str, Any] | None = None
         self._restored_metrics: dict[str, torch.Tensor] = {}
+        # Seconds the latest training batch waited on the dataloader (set by the fit loop, read by callbacks).
+        self.last_data_wait_s = 0.0
 
     # -- settings users read back ---------------------------------------------------------------------
     def __getattr__(self, name: str) -> Any:

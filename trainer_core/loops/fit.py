@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import time
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -90,9 +91,11 @@ class FitLoop:
         self.metrics.begin_epoch("train")
         dispatch.fire("on_train_epoch_start")
         outputs: list[Any] = []
+        waiting_since = time.perf_counter()  # data wait: from the end of one batch to the next one's arrival
         for batch_idx, batch, is_last in LookAhead(
             trainer.train_dataloader, trainer.num_training_batches, start
         ):
+            trainer.last_data_wait_s = time.perf_counter() - waiting_since
             if self._run_batch(batch_idx, batch, is_last, outputs):
                 break
             validated = self._should_validate(batch_idx, is_last)
@@ -102,6 +105,7 @@ class FitLoop:
                 if not validated and not is_last and self._validates_this_epoch():
                     self._validate()  # a run stopped by max_steps still validates its last weights
                 break
+            waiting_since = time.perf_counter()
         progress.epoch_batches_done = True
         self._end_epoch(outputs)
 
