@@ -67,11 +67,17 @@ class Precision:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=self._dtype)
 
+    def scale(self, loss: torch.Tensor) -> torch.Tensor:
+        """`loss` multiplied by the grad scaler's current scale (unchanged without a scaler).
+
+        A module that overrides `backward` receives this scaled loss, as in Lightning, so that its own
+        `loss.backward()` produces gradients the scaler can unscale before the step.
+        """
+        return self.scaler.scale(loss) if self.scaler is not None else loss
+
     def backward(self, loss: torch.Tensor, *args: Any, **kwargs: Any) -> None:
         """`loss.backward()`, with the loss scaled first when a grad scaler is on."""
-        if self.scaler is not None:
-            loss = self.scaler.scale(loss)
-        loss.backward(*args, **kwargs)
+        self.scale(loss).backward(*args, **kwargs)
 
     def unscale(self, optimizer: torch.optim.Optimizer) -> None:
         """Bring the gradients back to their true scale (before clipping or inspecting them)."""

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import io
+from typing import Any
 
 import pytest
 import torch
 
+import trainer_core as tc
 from trainer_core.errors import MisconfigurationError
 from trainer_core.precision import Precision
+from trainer_core.state import LoopProgress
 
 CPU = torch.device("cpu")
 
@@ -125,3 +128,41 @@ def test_scaler_state_round_trips_through_weights_only_load() -> None:
     restored.load_state_dict(torch.load(buffer, weights_only=True)["precision"])
     assert restored.scaler is not None
     assert restored.scaler.get_scale() == precision.scaler.get_scale()
+
+
+def test_scale_multiplies_by_the_scaler_scale_and_is_identity_without_one() -> None:
+    loss = torch.tensor(2.0)
+    assert Precision("32-true", CPU).scale(loss) is loss
+    precision = _scaled()
+    assert precision.scaler is not None
+    assert float(precision.scale(loss)) == 2.0 * precision.scaler.get_scale()
+
+
+def test_a_user_backward_receives_the_scaled_loss_and_the_step_sees_true_gradients() -> None:
+    from trainer_core.loops.optimization import Optimization
+
+    received: list[float] = []
+
+    class CustomBackward(tc.TrainingModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.weight = torch.nn.Parameter(torch.ones(2))
+
+        def backward(self, loss: torch.Tensor, *args: Any, **kwargs: Any) -> None:
+            received.append(float(loss))
+            loss.backward()
+
+    module = CustomBackward()
+    precision = _scaled()
+    assert precision.scaler is not None
+    optimizer = torch.optim.SGD(module.parameters(), lr=0.5)
+
+    class NoHooks:
+        def fire(self, *args: Any) -> None:
+            return None
+
+    optimization = Optimization(module, NoHooks(), precision, [optimizer], LoopProgress())  # type: ignore[arg-type]
+    optimization.backward(module.weight.sum())
+    assert received == [2.0 * precision.scaler.get_scale()]
+    precision.unscale(optimizer)
+    assert module.weight.grad is not None and torch.equal(module.weight.grad, torch.ones(2))
