@@ -9,14 +9,18 @@ from trainer_core.callbacks.lr_monitor import LearningRateMonitor
 from trainer_core.callbacks.model_checkpoint import ModelCheckpoint
 from trainer_core.callbacks.model_summary import ModelSummary
 from trainer_core.callbacks.progress import ProgressBar, TQDMProgressBar
+from trainer_core.callbacks.summary import FitSummary
+from trainer_core.callbacks.throughput import ThroughputMonitor
 
 __all__ = [
     "Callback",
     "DeviceStatsMonitor",
     "EarlyStopping",
+    "FitSummary",
     "LearningRateMonitor",
     "ModelCheckpoint",
     "ModelSummary",
     "ProgressBar",
     "TQDMProgressBar",
+    "ThroughputMonitor",
 ]

@@ -1,7 +1,8 @@
 """`DeviceStatsMonitor`: GPU (pynvml) and CPU/RAM (psutil) statistics, sampled on a background thread.
 
 Sampling runs off the training thread, so a slow NVML or /proc read never delays a step; the training thread
-only copies the latest sample into the loggers every `log_every_n_steps`.
+only gathers the latest sample of every rank (one `all_gather_object`, at the steps where the trainer writes
+its loggers) and logs min/max across ranks with the rank of each.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import psutil
 import torch
 
+from trainer_core.callbacks import rank_stats
 from trainer_core.callbacks.base import Callback
 from trainer_core.errors import MisconfigurationError
 
@@ -106,30 +108,59 @@ class _CpuProbe:
 
 
 class DeviceStatsMonitor(Callback):
-    """Sample device statistics every `interval_s` seconds on a background thread; log them every
-    `trainer.log_every_n_steps` under `device_stats/<name>`.
+    """Sample device statistics every `interval_s` seconds on a background thread; log them at the steps where
+    the trainer writes its loggers (every `log_every_n_steps`) under `device_stats/<name>`.
 
     GPU statistics (utilisation, memory used/total, power, temperature, clocks) come from NVML for the
     module's CUDA device and turn themselves off, with one info line, where NVML is missing.
     `cpu_stats` adds process and system CPU, the process's resident memory and system RAM.
+
+    With several ranks every statistic is logged as `device_stats/<name>/min` and `/max` across the ranks,
+    with `/min_rank` and `/max_rank` saying which rank holds each. With `prog_bar`, the progress bar shows
+    GPU utilisation (or process CPU) as a min-max range across ranks and the largest memory in use.
     """
 
-    def __init__(self, interval_s: float = 1.0, cpu_stats: bool = True) -> None:
+    def __init__(self, interval_s: float = 1.0, cpu_stats: bool = True, prog_bar: bool = True) -> None:
         if interval_s <= 0:
             raise MisconfigurationError(
                 f"DeviceStatsMonitor(interval_s={interval_s}) is not valid: use a number of seconds > 0."
             )
         self.interval_s = interval_s
         self.cpu_stats = cpu_stats
+        self.prog_bar = prog_bar
         self._latest: dict[str, float] = {}
+        self._extremes: dict[str, rank_stats.Extremes] = {}
+        self._cadence = rank_stats.LogCadence()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._probes: list[_GpuProbe | _CpuProbe] = []
 
     @property
     def latest(self) -> dict[str, float]:
-        """The most recent sample (empty until the first one is taken)."""
+        """This rank's most recent sample (empty until the first one is taken)."""
         return dict(self._latest)
+
+    @property
+    def extremes(self) -> dict[str, rank_stats.Extremes]:
+        """Min and max of each statistic across the ranks, as of the last logged step."""
+        return dict(self._extremes)
+
+    def progress_bar_metrics(self, trainer: Trainer) -> dict[str, str]:
+        """What the progress bar shows: utilisation as a min-max range across ranks, and peak memory."""
+        if not self.prog_bar:
+            return {}
+        shown: dict[str, str] = {}
+        for label, name in (("gpu", "gpu_utilization_percent"), ("cpu", "cpu_process_percent")):
+            item = self._extremes.get(name)
+            if item is not None:
+                shown[label] = _range(item, "%")
+                break  # GPU utilisation when there is a GPU, else the process's CPU
+        for label, name in (("gpu_mem", "gpu_memory_used_mb"), ("rss", "cpu_process_rss_mb")):
+            item = self._extremes.get(name)
+            if item is not None:
+                shown[label] = f"{item.max / 1024:.1f}G"
+                break
+        return shown
 
     def on_train_start(self, trainer: Trainer, pl_module: TrainingModule) -> None:
         if not trainer.loggers:
@@ -137,18 +168,21 @@ class DeviceStatsMonitor(Callback):
                 "DeviceStatsMonitor needs a logger, but the Trainer has logger=False. Pass a logger "
                 "(logger=True or a TensorBoardLogger/CSVLogger) or remove DeviceStatsMonitor from callbacks."
             )
+        self._cadence.reset()
         self._start(pl_module.device)
 
     def on_train_batch_end(
         self, trainer: Trainer, pl_module: TrainingModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        if trainer.global_step % getattr(trainer, "log_every_n_steps", 50) != 0:
+        step = self._cadence.due(trainer)
+        if step is None:
             return
-        stats = self._aggregate(trainer, self._latest)
-        if stats and trainer.is_global_zero:
-            named = {PREFIX + name: value for name, value in stats.items()}
+        per_rank = rank_stats.gather(trainer, self._latest)  # every rank, same step: never rank-conditional
+        self._extremes = rank_stats.extremes(per_rank)
+        scalars = rank_stats.flatten(PREFIX, per_rank)
+        if scalars and trainer.is_global_zero:
             for logger in trainer.loggers:
-                logger.log_metrics(named, step=trainer.global_step)
+                logger.log_metrics(scalars, step=step)
 
     def on_train_end(self, trainer: Trainer, pl_module: TrainingModule) -> None:
         self._shutdown()
@@ -158,14 +192,6 @@ class DeviceStatsMonitor(Callback):
 
     def teardown(self, trainer: Trainer, pl_module: TrainingModule, stage: str) -> None:
         self._shutdown()
-
-    def _aggregate(self, trainer: Trainer, stats: dict[str, float]) -> dict[str, float]:
-        """This rank's sample, as the loggers get it.
-
-        Every rank calls this at the same steps, so this is where a cross-rank reduction (min/max of each
-        statistic with the rank that holds it) goes: one `trainer.collectives.all_gather_object(stats)`.
-        """
-        return dict(stats)
 
     # -- the sampling thread ---------------------------------------------------------------------------
     def _start(self, device: torch.device) -> None:
@@ -200,3 +226,9 @@ class DeviceStatsMonitor(Callback):
             if isinstance(probe, _GpuProbe):
                 probe.close()
         self._probes = []
+
+
+def _range(item: rank_stats.Extremes, unit: str) -> str:
+    """`87%` when every rank agrees (or there is one), else `61-93%`."""
+    low, high = round(item.min), round(item.max)
+    return f"{high}{unit}" if low == high else f"{low}-{high}{unit}"

@@ -38,11 +38,17 @@ class ProgressBar(Callback):
         self._enabled = False
 
     def get_metrics(self, trainer: Trainer, pl_module: TrainingModule) -> dict[str, int | str | float]:
-        """What the bar shows after its counters: the `prog_bar=True` metrics, as plain numbers."""
+        """What the bar shows after its counters: the `prog_bar=True` metrics, as plain numbers, then what
+        monitoring callbacks offer through a `progress_bar_metrics(trainer)` method (samples/s, ETA of the
+        fit, device utilisation)."""
         metrics: dict[str, int | str | float] = {}
         for name, value in trainer.progress_bar_metrics.items():
             number = value.item() if hasattr(value, "item") else value
             metrics[name] = number
+        for callback in getattr(trainer, "callbacks", ()):
+            offered = getattr(callback, "progress_bar_metrics", None)
+            if callable(offered):
+                metrics.update(offered(trainer))
         return metrics
 
 

@@ -183,7 +183,14 @@ class TrainerSettings:
     # -- what the settings build ----------------------------------------------------------------------
     def build_callbacks(self) -> list[Callback]:
         """The user's callbacks plus Lightning's defaults, checkpoint callbacks last."""
-        from trainer_core.callbacks import ModelCheckpoint, ModelSummary, ProgressBar, TQDMProgressBar
+        from trainer_core.callbacks import (
+            FitSummary,
+            ModelCheckpoint,
+            ModelSummary,
+            ProgressBar,
+            ThroughputMonitor,
+            TQDMProgressBar,
+        )
 
         callbacks = list(self.callbacks)
         has_checkpoint = any(isinstance(cb, ModelCheckpoint) for cb in callbacks)
@@ -197,6 +204,10 @@ class TrainerSettings:
             callbacks.append(ModelCheckpoint())
         if self.enable_progress_bar and not any(isinstance(cb, ProgressBar) for cb in callbacks):
             callbacks.append(TQDMProgressBar())
+        if self.enable_progress_bar:  # the console view: samples/s and ETA on the bar, a summary at the end
+            for kind in (ThroughputMonitor, FitSummary):
+                if not any(isinstance(cb, kind) for cb in callbacks):
+                    callbacks.append(kind())
         if self.enable_model_summary and not any(isinstance(cb, ModelSummary) for cb in callbacks):
             callbacks.append(ModelSummary(max_depth=1))
         return reorder(callbacks)
