@@ -20,6 +20,7 @@ import hashlib
 import json
 import logging
 import os
+import time
 import uuid
 import zipfile
 from collections.abc import Mapping, Sequence
@@ -55,7 +56,15 @@ def save_atomic(state: Mapping[str, Any], path: str | os.PathLike[str]) -> None:
         _remove_quietly(temporary)
         raise
     _fsync_directory(target.parent)
-    _write_manifest(target, written, digest)
+    _write_manifest(target, written, digest, _position(state))
+
+
+def _position(state: Mapping[str, Any]) -> dict[str, int]:
+    """Where in training the checkpoint was written, so "newest" never depends on modification times."""
+    loops = state.get("loops")
+    total = loops.get("total_batches") if isinstance(loops, Mapping) else None
+    position = {"global_step": state.get("global_step"), "epoch": state.get("epoch"), "total_batches": total}
+    return {key: value for key, value in position.items() if isinstance(value, int)}
 
 
 def _serialize(state: Mapping[str, Any], file: IO[bytes]) -> None:
@@ -97,8 +106,15 @@ def _fsync_directory(directory: Path) -> None:
         os.close(fd)
 
 
-def _write_manifest(target: Path, size: int, digest: str) -> None:
-    manifest = {"file": target.name, "size": size, "records_sha256": digest, "format": "torch-zip"}
+def _write_manifest(target: Path, size: int, digest: str, position: dict[str, int]) -> None:
+    manifest = {
+        "file": target.name,
+        "size": size,
+        "records_sha256": digest,
+        "format": "torch-zip",
+        **position,
+        "committed_ns": time.time_ns(),
+    }
     final = manifest_path(target)
     temporary = final.with_name(f".{final.name}.tmp-{os.getpid()}")
     try:
@@ -147,6 +163,29 @@ def verify(path: str | os.PathLike[str], deep: bool = False) -> bool:
     except (OSError, zipfile.BadZipFile, EOFError, ValueError):
         return False
     return True
+
+
+def newest_verified(directory: str | os.PathLike[str], exclude: Sequence[str] = ()) -> Path | None:
+    """The newest checkpoint (`*.ckpt`) in `directory` that verifies, or None.
+
+    Newest by the training position its manifest records (global step, then batches, then commit time);
+    files without a manifest count as oldest. Never by modification time, which copies and clock skew break.
+    """
+    ranked: list[tuple[tuple[int, int, int], Path]] = []
+    for candidate in Path(directory).glob("*.ckpt"):
+        if candidate.name in exclude or not candidate.is_file():
+            continue
+        manifest = _read_manifest(candidate) or {}
+        key = tuple(_as_int(manifest.get(k)) for k in ("global_step", "total_batches", "committed_ns"))
+        ranked.append((key, candidate))  # type: ignore[arg-type]
+    for _, candidate in sorted(ranked, key=lambda item: item[0], reverse=True):
+        if verify(candidate):
+            return candidate
+    return None
+
+
+def _as_int(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else -1
 
 
 def _read_manifest(target: Path) -> dict[str, Any] | None:

@@ -195,13 +195,51 @@ def test_real_fit_writes_tensorboard_and_csv(tmp_path: Path) -> None:
     assert (Path(tensorboard.log_dir) / "checkpoints").is_dir()
 
 
-@pytest.mark.xfail(strict=True, reason="Trainer.fit does not call logger.log_hyperparams(module.hparams) yet")
 def test_real_fit_records_the_module_hparams(tmp_path: Path) -> None:
     tensorboard, table = TensorBoardLogger(tmp_path, name="tb"), CSVLogger(tmp_path, name="csv")
     trainer = tc.Trainer(
         max_epochs=1, logger=[tensorboard, table], enable_progress_bar=False, enable_model_summary=False
     )
     trainer.fit(Regressor(lr=0.1), *loaders())
+    for logger in (tensorboard, table):
+        saved = yaml.safe_load((Path(logger.log_dir) / "hparams.yaml").read_text())
+        assert saved == {"lr": 0.1, "width": 4}
+
+
+class _SaveAtEpoch(tc.callbacks.Callback):
+    def __init__(self, path: Path, epoch: int) -> None:
+        self.path, self.epoch = path, epoch
+
+    def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
+        if trainer.current_epoch == self.epoch:
+            trainer.save_checkpoint(self.path)
+
+
+def test_resumed_fit_continues_the_same_series_with_no_step_twice(tmp_path: Path) -> None:
+    def run(ckpt_path: Path | None) -> tuple[TensorBoardLogger, CSVLogger]:
+        tensorboard = TensorBoardLogger(tmp_path, name="", version="tb")
+        table = CSVLogger(tmp_path, name="", version="csv")
+        trainer = tc.Trainer(
+            max_epochs=3,
+            logger=[tensorboard, table],
+            callbacks=[_SaveAtEpoch(tmp_path / "epoch1.ckpt", 1)],
+            log_every_n_steps=1,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            enable_checkpointing=False,
+            default_root_dir=tmp_path,
+        )
+        trainer.fit(Regressor(lr=0.1), *loaders(), ckpt_path=ckpt_path)
+        return tensorboard, table
+
+    run(None)  # the whole run logs steps 0..11; the checkpoint holds the state at step 8
+    tensorboard, table = run(tmp_path / "epoch1.ckpt")
+    assert [step for step, _ in scalars(tensorboard.log_dir, "train_loss")] == list(range(12))
+    assert [step for step, _ in scalars(tensorboard.log_dir, "val_loss")] == [3, 7, 11]
+    assert [step for step, _ in scalars(tensorboard.log_dir, "hp_metric")] == [0]
+    _, rows = read_csv(Path(table.log_dir) / "metrics.csv")
+    train_steps = [int(row["step"]) for row in rows if row["train_loss"]]
+    assert train_steps == list(range(12))
     for logger in (tensorboard, table):
         saved = yaml.safe_load((Path(logger.log_dir) / "hparams.yaml").read_text())
         assert saved == {"lr": 0.1, "width": 4}

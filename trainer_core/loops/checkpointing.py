@@ -18,6 +18,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
+LAST_NAME = "last.ckpt"
 
 
 def dump(trainer: Trainer, weights_only: bool = False) -> dict[str, Any]:
@@ -73,14 +74,42 @@ def resolve_path(trainer: Trainer, ckpt_path: Any) -> str:
             )
         return str(best)
     if ckpt_path == "last":
-        return _last_checkpoint(trainer)
+        return verified(_last_checkpoint(trainer))
     path = Path(os.fspath(ckpt_path))
     if not path.is_file():
         raise CheckpointError(
             f"ckpt_path={os.fspath(ckpt_path)!r} does not exist (or is not a file); pass the path of a .ckpt "
             'file, "last" or "best"'
         )
-    return str(path)
+    return verified(str(path))
+
+
+def verified(path: str) -> str:
+    """`path` when it verifies; for a `last.ckpt` that does not, the newest verified checkpoint beside it.
+
+    Resume never loads an unverified file: a `last.ckpt` torn by a crash falls back to the previous good
+    checkpoint (newest by the training step its manifest records, never by modification time), and says so.
+    """
+    if checkpoint_io.verify(path):
+        return path
+    fix = "Pass ckpt_path= an intact checkpoint, or start without ckpt_path (training starts from scratch)."
+    if Path(path).name != LAST_NAME:
+        raise CheckpointError(
+            f"Checkpoint {path!r} fails verification (truncated, or changed after it was written). {fix}"
+        )
+    fallback = checkpoint_io.newest_verified(Path(path).parent, exclude=(Path(path).name,))
+    if fallback is None:
+        raise CheckpointError(
+            f"Checkpoint {path!r} fails verification (truncated, or changed after it was written) and no "
+            f"other checkpoint in {str(Path(path).parent)!r} verifies. {fix}"
+        )
+    log.warning(
+        "Checkpoint %s fails verification (truncated, or changed after it was written); resuming from the "
+        "newest intact checkpoint beside it, %s",
+        path,
+        fallback,
+    )
+    return str(fallback)
 
 
 def _last_checkpoint(trainer: Trainer) -> str:

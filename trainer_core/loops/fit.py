@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from trainer_core import optim, seed
+from trainer_core.errors import MisconfigurationError
 from trainer_core.loops.data import LookAhead
 from trainer_core.loops.evaluation import EvaluationLoop
 
@@ -34,10 +35,17 @@ class FitLoop:
         )
         self._has_val = bool(trainer.val_dataloaders) and any(trainer.num_val_batches)
         self._has_val = self._has_val and _defines(self.module, "validation_step")
+        # The module's `lr_scheduler_step(scheduler, metric)` replaces `scheduler.step()` when it defines one.
+        self._scheduler_step_fn = (
+            getattr(self.module, "lr_scheduler_step", None)
+            if _defines(self.module, "lr_scheduler_step")
+            else None
+        )
 
     def run(self) -> None:
         trainer, dispatch = self.trainer, self.dispatch
         assert dispatch is not None
+        start_loggers(trainer, resumed=getattr(trainer, "ckpt_path", None) is not None)
         dispatch.fire("on_fit_start")
         self._sanity_check()
         if trainer._restored_rng is not None:
@@ -63,7 +71,18 @@ class FitLoop:
             return True
         if s.max_epochs != -1 and progress.epoch >= s.max_epochs:
             return True
-        return self.trainer.should_stop
+        return self.trainer.should_stop and self._can_stop_early
+
+    @property
+    def _min_steps_reached(self) -> bool:
+        min_steps = self.settings.min_steps
+        return min_steps is None or self.progress.global_step >= min_steps
+
+    @property
+    def _can_stop_early(self) -> bool:
+        """Lightning's rule: a requested stop (EarlyStopping, should_stop) waits for min_epochs/min_steps."""
+        min_epochs = self.settings.min_epochs
+        return self._min_steps_reached and (min_epochs is None or self.progress.epoch >= min_epochs)
 
     def _sanity_check(self) -> None:
         trainer = self.trainer
@@ -101,7 +120,7 @@ class FitLoop:
             validated = self._should_validate(batch_idx, is_last)
             if validated:
                 self._validate()
-            if trainer.should_stop or self._max_steps_reached():
+            if (trainer.should_stop and self._min_steps_reached) or self._max_steps_reached():
                 if not validated and not is_last and self._validates_this_epoch():
                     self._validate()  # a run stopped by max_steps still validates its last weights
                 break
@@ -127,7 +146,13 @@ class FitLoop:
             progress.stepped_batches += 1
             if self._step_schedulers:
                 metrics_now = trainer.callback_metrics if _monitors(trainer, "step") else {}
-                optim.step_schedulers(trainer.lr_scheduler_configs, "step", progress.global_step, metrics_now)
+                optim.step_schedulers(
+                    trainer.lr_scheduler_configs,
+                    "step",
+                    progress.global_step,
+                    metrics_now,
+                    step_fn=self._scheduler_step_fn,
+                )
         step_output = {"loss": output.detach()} if isinstance(output, torch.Tensor) else output
         dispatch.fire("on_train_batch_end", step_output, batch, batch_idx)
         metrics.in_train_step = False
@@ -183,7 +208,56 @@ class FitLoop:
         if not self.automatic or not trainer.lr_scheduler_configs:
             return
         metrics_now = trainer.callback_metrics if _monitors(trainer, "epoch") else {}
-        optim.step_schedulers(trainer.lr_scheduler_configs, "epoch", self.progress.epoch + 1, metrics_now)
+        optim.step_schedulers(
+            trainer.lr_scheduler_configs,
+            "epoch",
+            self.progress.epoch + 1,
+            metrics_now,
+            step_fn=self._scheduler_step_fn,
+        )
+
+
+def start_loggers(trainer: Trainer, resumed: bool) -> None:
+    """Before anything is logged (rank zero): continue a resumed run's series, record the hyperparameters.
+
+    The loggers' step is `stepped_batches - 1` at the time of logging, so the first step a resumed run logs
+    is `stepped_batches`: everything an earlier run logged from there on is dropped.
+    """
+    if not trainer.is_global_zero or not trainer.loggers:
+        return
+    hparams = merged_hparams(trainer)
+    for logger in trainer.loggers:
+        if resumed:
+            logger.resume_from_step(trainer.progress.stepped_batches)
+            # The first run wrote the hparams summary (and its step-0 `hp_metric`) to this same series;
+            # an empty `metrics` records them (hparams.yaml) without logging step 0 a second time.
+            logger.log_hyperparams(hparams, metrics={})
+        else:
+            logger.log_hyperparams(hparams)
+        logger.save()
+
+
+def merged_hparams(trainer: Trainer) -> dict[str, Any]:
+    """The module's hyperparameters and the data module's, which must agree on the keys they share."""
+    hparams = dict(trainer.lightning_module.hparams_initial)
+    datamodule = trainer.datamodule
+    if datamodule is None:
+        return hparams
+    extra = dict(datamodule.hparams_initial)
+    clashing = sorted(k for k in set(hparams) & set(extra) if not _same(hparams[k], extra[k]))
+    if clashing:
+        raise MisconfigurationError(
+            f"The hyperparameters {clashing} are saved by both the module and the data module with different "
+            "values; rename one of them or pass the same value to both"
+        )
+    return {**extra, **hparams}
+
+
+def _same(a: Any, b: Any) -> bool:
+    try:
+        return bool(a == b)
+    except Exception:  # tensors of different shapes, objects without a boolean ==
+        return a is b
 
 
 def _monitors(trainer: Trainer, interval: str) -> bool:
