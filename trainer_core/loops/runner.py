@@ -168,8 +168,10 @@ def run_stage(trainer: Trainer, stage: str, ckpt_path: Any) -> Any:
     trainer.precision_plugin = Precision.from_setting(trainer.settings.precision, trainer.device)
     if stage == "fit":
         _configure_optimizers(trainer, model)
+    trainer.ckpt_path = None  # type: ignore[attr-defined]  # the file this run resumed from (Lightning's name)
     if ckpt_path is not None:
-        checkpointing.restore(trainer, checkpointing.resolve_path(trainer, ckpt_path), full=stage == "fit")
+        trainer.ckpt_path = checkpointing.resolve_path(trainer, ckpt_path)  # type: ignore[attr-defined]
+        checkpointing.restore(trainer, trainer.ckpt_path, full=stage == "fit")
     if stage == "fit":
         FitLoop(trainer).run()
         return None
