@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
-import functools
+import hashlib
+import json
 import logging
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from launcher.errors import ConfigError, LaunchError
+
+if TYPE_CHECKING:
+    from omegaconf import DictConfig
 
 log = logging.getLogger("launcher")
 
@@ -26,12 +31,43 @@ def conf_dir() -> Path:
     )
 
 
-@functools.cache
-def sweep_id() -> str:
-    """One id for all jobs of the sweep this process runs (the resolver is called once per job config)."""
+_sweep_id: list[str] = []  # the id of the sweep this process runs, fixed by the first call
+
+
+def sweep_id(*, _root_: Any = None) -> str:
+    """One id for all jobs of the sweep this process runs (the resolver is called once per job config).
+
+    A local sweep gets a new time-stamped id. A Slurm sweep's id is derived from its command-line overrides,
+    so that running the same sweep command again finds the same sweep directory and submits only the jobs
+    that did not complete (and are not still queued or running).
+    """
+    if not _sweep_id:
+        overrides = _sweep_overrides(_root_) if _has_cluster(_root_) else None
+        _sweep_id.append(_derived_sweep_id(overrides) if overrides is not None else _new_run_id())
+    return _sweep_id[0]
+
+
+def _new_run_id() -> str:
     from launcher.rundir import new_run_id
 
     return new_run_id()
+
+
+def _has_cluster(root: Any) -> bool:
+    return root is not None and root.get("cluster") is not None
+
+
+def _sweep_overrides(root: Any) -> list[str] | None:
+    try:
+        task = list(root.hydra.overrides.task)
+    except Exception:  # no Hydra node (a config composed without Hydra's runtime): no derived id
+        return None
+    return [str(item) for item in task if not str(item).startswith("hydra.")]
+
+
+def _derived_sweep_id(overrides: list[str]) -> str:
+    digest = hashlib.sha256(json.dumps(overrides).encode()).hexdigest()[:10]
+    return f"sweep-{digest}"
 
 
 def _register() -> None:
@@ -43,24 +79,55 @@ def _register() -> None:
     OmegaConf.register_new_resolver("launch_sweep_id", sweep_id, replace=True)
 
 
-def _task(cfg: object) -> None:
+def _task(cfg: DictConfig) -> None:
     """What Hydra calls once per job (once, or once per sweep point with -m)."""
     from hydra.core.hydra_config import HydraConfig
 
     from launcher.compose import prepare_run
     from launcher.local import run_local
 
-    if getattr(cfg, "cluster", None) is not None:
-        # The Slurm backend (submission through submitit) plugs in here; until then, never run a cluster job
-        # locally by mistake.
-        raise ConfigError(
-            "+cluster=slurm: this version of launch cannot submit to Slurm yet; drop +cluster=slurm."
-        )
-    prepared = prepare_run(cfg, HydraConfig.get())  # type: ignore[arg-type]
+    hydra_cfg: DictConfig = HydraConfig.get()  # type: ignore[assignment]
+    if cfg.get("cluster") is not None:
+        _to_slurm(cfg, hydra_cfg)
+        return
+    prepared = prepare_run(cfg, hydra_cfg)
     action = "resuming" if prepared.resumed else "run directory"
     log.info("%s: %s", action, prepared.run_dir)
     run_local(prepared.run_dir, prepared.job)
     log.info("done: %s", prepared.run_dir)
+
+
+def _to_slurm(cfg: DictConfig, hydra_cfg: DictConfig) -> None:
+    """Submit one run at once; in a sweep, queue the job for the array that `main` submits at the end."""
+    from hydra.types import RunMode
+
+    from launcher import slurm_submit
+    from launcher.compose import prepare_run
+
+    if hydra_cfg.mode == RunMode.MULTIRUN:
+        run_dir = Path(hydra_cfg.runtime.output_dir).resolve()
+        reason = slurm_submit.reason_not_to_resubmit(run_dir)
+        if reason is not None:
+            log.info("%s: %s; not submitted again", run_dir, reason)
+            return
+        prepared = prepare_run(cfg, hydra_cfg)
+        slurm_submit.queue_run(prepared.run_dir, prepared.job)
+        return
+    prepared = prepare_run(cfg, hydra_cfg)
+    _report([slurm_submit.submit_run(prepared.run_dir, prepared.job)])
+
+
+def _submit_queued_sweep() -> None:
+    """After Hydra walked a Slurm sweep: submit its queued jobs together, without waiting for them."""
+    from launcher import slurm_submit
+
+    _report(slurm_submit.submit_queued())
+
+
+def _report(submitted: list[Any]) -> None:
+    # The CLI's own output (stdout): one line per job that scripts can read.
+    for item in submitted:
+        print(f"submitted Slurm job {item.job_id}: {item.run_dir}", flush=True)
 
 
 def main() -> None:
@@ -77,6 +144,7 @@ def main() -> None:
 
         app = hydra.main(config_path=str(conf_dir()), config_name="config", version_base=None)(_task)
         app()
+        _submit_queued_sweep()
     except ConfigError as error:
         _fail(str(error), EXIT_CONFIG_ERROR)
     except LaunchError as error:

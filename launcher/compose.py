@@ -40,7 +40,9 @@ def prepare_run(cfg: DictConfig, hydra_cfg: DictConfig) -> PreparedRun:
     job = job_from_dict(resolved)
     root = Path(job.run.root)
     if hydra_cfg.mode == RunMode.MULTIRUN:
-        run_dir, resumed = _sweep_job_dir(job, hydra_cfg), False
+        run_dir = _sweep_job_dir(job, hydra_cfg)
+        # A sweep submitted again (same sweep directory) continues the jobs it already has.
+        resumed = (run_dir / rundir.MANIFEST_FILE).is_file()
     elif job.run.id is not None:
         run_dir, resumed = rundir.existing_run_dir(root, job.run.experiment, job.run.id), True
         resolved = _resume_config(run_dir, resolved, list(hydra_cfg.overrides.task))

@@ -11,6 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+# The `cluster` group's schema is the Slurm side's own (one source of truth for its fields and defaults).
+from slurm.params import SlurmConfig as SlurmConfig
+
 
 @dataclass
 class TrainerConfig:
@@ -86,28 +89,6 @@ class LoggerConfig:
     """Where metrics go; events land in `<run dir>/<kind dir>/` so a resumed run continues them."""
 
     kind: str = "tensorboard"  # "tensorboard" (events in tb/), "csv" (metrics.csv in csv/) or "none"
-
-
-@dataclass
-class SlurmConfig:
-    """`+cluster=slurm`: the sbatch parameters of a Slurm submission (used by the Slurm backend)."""
-
-    partition: str | None = None  # None: the cluster's default partition
-    account: str | None = None  # --account
-    qos: str | None = None  # --qos
-    time_min: int = 60  # --time, in minutes
-    cpus_per_task: int | None = None  # None: derived from the node's cores per rank
-    mem_gb: int | None = None  # --mem per node; None: the partition's default
-    gpus_per_node: int | None = None  # None: trainer.devices when the accelerator is a GPU, else 0
-    constraint: str | None = None  # --constraint (node features)
-    exclusive: bool = False  # --exclusive
-    job_name: str | None = None  # None: the experiment name
-    setup: list[str] = field(default_factory=list)  # shell lines run before the job (module load, exports)
-    additional_parameters: dict[str, Any] = field(default_factory=dict)  # extra sbatch options, verbatim
-    signal: str = "USR2"  # pre-timeout signal; USR2 because NCCL may use USR1
-    signal_delay_s: int = 120  # seconds before the time limit that the signal arrives
-    requeue: bool = True  # requeue on preemption and on time-out
-    max_num_timeout: int = 3  # time-out requeues allowed (preemptions are requeued without limit)
 
 
 @dataclass

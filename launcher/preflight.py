@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from launcher.config import JobConfig
-from launcher.errors import ConfigError
+from launcher.errors import ConfigError, LaunchError
 from launcher.targets import check_arguments
 
 
@@ -15,8 +15,9 @@ def gpu_count() -> int:
 
 
 def check_resources(job: JobConfig) -> None:
-    """Refuse requests this machine cannot serve (local runs only; the Slurm backend checks the partition)."""
+    """Refuse requests this machine (or, with a cluster, the Slurm partition) cannot serve."""
     if job.cluster is not None:
+        check_slurm_partition(job)
         return
     trainer = job.trainer
     wants_gpu = trainer.accelerator in ("gpu", "cuda")
@@ -35,6 +36,24 @@ def check_resources(job: JobConfig) -> None:
             f"{trainer.accelerator} resolves to CPU here (no GPU found). "
             "Use trainer.precision=bf16-mixed or 32-true."
         )
+
+
+def check_slurm_partition(job: JobConfig) -> None:
+    """Ask the cluster (scontrol, sinfo) whether the partition can run the job; nothing is submitted."""
+    from slurm.errors import SlurmCommandError, SlurmPreflightError
+    from slurm.params import resolve_gpus_per_node
+    from slurm.preflight import preflight
+
+    cluster, trainer = job.cluster, job.trainer
+    if cluster is None:
+        return
+    gpus = resolve_gpus_per_node(cluster, trainer.devices, trainer.accelerator)
+    try:
+        preflight(cluster, trainer.num_nodes, trainer.devices, gpus)
+    except SlurmPreflightError as error:
+        raise ConfigError(str(error)) from None
+    except SlurmCommandError as error:
+        raise LaunchError(f"+cluster=slurm: cannot ask the cluster about the job: {error}") from None
 
 
 def check_targets(job: JobConfig) -> None:

@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import signal
 import types
 import typing
 from typing import Any, TypeVar, Union
 
-from launcher.config import JobConfig, TrainerConfig
+from launcher.config import JobConfig, SlurmConfig, TrainerConfig
 from launcher.errors import ConfigError
 
 T = TypeVar("T")
@@ -116,7 +115,7 @@ def check_job(job: JobConfig) -> None:
                 f"'my_package.models.MyModel'. Set {group}._target_ in your {group} config."
             )
     if job.cluster is not None:
-        _check_signal(job.cluster.signal)
+        check_cluster(job.cluster, job.trainer)
 
 
 def check_trainer(trainer: TrainerConfig, has_cluster: bool) -> None:
@@ -176,9 +175,12 @@ def _one_of(key: str, value: str, allowed: tuple[str, ...]) -> None:
         )
 
 
-def _check_signal(name: str) -> None:
-    full = name if name.startswith("SIG") else f"SIG{name}"
-    if full not in signal.Signals.__members__:
-        raise ConfigError(
-            f"cluster.signal={name!r}: not a signal name. Use USR2 (the default), USR1 or TERM."
-        )
+def check_cluster(cluster: SlurmConfig, trainer: TrainerConfig) -> None:
+    """The `cluster.*` settings that can never work, found without asking the cluster."""
+    from slurm.errors import SlurmConfigError
+    from slurm.params import executor_parameters
+
+    try:
+        executor_parameters(cluster, trainer.devices, trainer.num_nodes, trainer.accelerator)
+    except SlurmConfigError as error:
+        raise ConfigError(str(error)) from None

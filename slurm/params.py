@@ -5,11 +5,12 @@ from __future__ import annotations
 import signal as signals
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-import submitit
+from typing import TYPE_CHECKING, Any
 
 from slurm.errors import SlurmConfigError
+
+if TYPE_CHECKING:
+    import submitit
 
 GPU_ACCELERATORS = ("gpu", "cuda")
 DEFAULT_JOB_NAME = "hpc-launch"
@@ -193,6 +194,9 @@ def make_executor(
     folder: str | Path, cfg: SlurmConfig, devices: int, num_nodes: int, accelerator: str
 ) -> submitit.AutoExecutor:
     """A submitit executor for the Slurm cluster, configured from `cluster.*` (needs `srun` on PATH)."""
+    # Imported here: the config-error path (`launch` with a bad override) must not pay for submitit.
+    import submitit
+
     params = executor_parameters(cfg, devices, num_nodes, accelerator)
     executor = submitit.AutoExecutor(folder=folder, cluster="slurm", **executor_init_parameters(cfg))
     executor.update_parameters(**params)
