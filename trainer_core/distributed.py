@@ -12,6 +12,7 @@ skipped a call under a rank condition, turns into a `DistributedError` naming wh
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import sys
@@ -20,22 +21,24 @@ import time
 import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
-from torch import nn
 from torch._C._distributed_c10d import Store, TCPStore
-from torch.nn.parallel import DistributedDataParallel
 
 from trainer_core.collectives import Collectives, ReduceOp
+from trainer_core.ddp import (
+    DEFAULT_TIMEOUT,
+    DDPStrategy,
+    prepare_for_manual_backward,
+    resolve_strategy,
+    wrap_model,
+)
 from trainer_core.environment import RankEnvironment, check_master_port
 from trainer_core.errors import DistributedError, MisconfigurationError
-
-# The samplers live in their own module; these names stay importable from here, where they used to be.
-from trainer_core.samplers import (  # noqa: F401
+from trainer_core.samplers import (
     DistributedSamplerWrapper,
     ExactlyOnceSampler,
     batch_indices,
@@ -46,9 +49,33 @@ from trainer_core.samplers import (  # noqa: F401
     train_loader_with_sampler,
 )
 
+# DDP wrapping and the samplers live in their own modules; their names stay importable from here.
+__all__ = [
+    "DEFAULT_AGREEMENT_TIMEOUT",
+    "DEFAULT_TIMEOUT",
+    "DDPStrategy",
+    "DistributedSamplerWrapper",
+    "ExactlyOnceSampler",
+    "TorchCollectives",
+    "abort_on_exception",
+    "add_rank_prefix_to_logs",
+    "barrier_for_prepare_data",
+    "batch_indices",
+    "collect_predictions",
+    "destroy_process_group",
+    "eval_loader_with_sampler",
+    "gather_predictions",
+    "init_process_group",
+    "join_job",
+    "prepare_for_manual_backward",
+    "resolve_strategy",
+    "select_backend",
+    "set_epoch",
+    "train_loader_with_sampler",
+    "wrap_model",
+]
 log = logging.getLogger(__name__)
 
-DEFAULT_TIMEOUT = timedelta(minutes=30)
 DEFAULT_AGREEMENT_TIMEOUT = timedelta(minutes=5)
 GPU_ACCELERATORS = ("gpu", "cuda")
 _REDUCE_OPS = {"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX, "min": dist.ReduceOp.MIN}
@@ -205,6 +232,47 @@ def destroy_process_group(
         log.warning("Leaving the process group took over %g s; going on without it", within.total_seconds())
 
 
+def join_job(env: RankEnvironment, strategy: DDPStrategy | None, accelerator: str) -> TorchCollectives:
+    """The trainer's way into the job: the process group with the strategy's backend and timeout.
+
+    A group this call creates is left at interpreter exit; a group the user's script created is the
+    script's to destroy (only the failure watch is stopped). Ranks log with a `[rankN]` prefix from here on.
+    """
+    strategy = strategy or DDPStrategy()
+    created = not dist.is_initialized()
+    collectives = init_process_group(
+        env, strategy.process_group_backend, strategy.timeout, accelerator=accelerator
+    )
+    if created:
+        atexit.register(destroy_process_group, collectives, timedelta(seconds=10))
+    elif collectives.failure_watch is not None:
+        atexit.register(collectives.failure_watch.stop)
+    add_rank_prefix_to_logs(env.rank)
+    return collectives
+
+
+class _RankPrefix(logging.Formatter):
+    """`[rankN] LEVEL name: message`: the same prefix `launch` gives the lines of logs/rank{N}.log."""
+
+    def __init__(self, rank: int) -> None:
+        super().__init__(f"[rank{rank}] %(levelname)s %(name)s: %(message)s")
+
+
+def add_rank_prefix_to_logs(rank: int) -> None:
+    """Make this rank's trainer logs say which rank wrote them, when nothing has set up logging yet.
+
+    `launch` configures each rank's logging itself (logs/rank{r}.log, every line prefixed); a plain script
+    under torchrun or srun usually configures none, and then the ranks' warnings would interleave on one
+    console with nothing to tell them apart. A handler already in place (the user's) is left alone.
+    """
+    package = logging.getLogger("trainer_core")
+    if logging.getLogger().handlers or package.handlers:
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_RankPrefix(rank))
+    package.addHandler(handler)
+
+
 def barrier_for_prepare_data(
     collectives: Collectives,
     prepare: Callable[[], None],
@@ -267,10 +335,27 @@ def abort_on_exception(
         if not isinstance(collectives, TorchCollectives):
             raise
         _report_failure(collectives, error)
+        _record_for_elastic_agent(error)
         destroy_process_group(collectives)
         if not hard_exit:
             raise
         _exit_now(exit_code)
+
+
+def _record_for_elastic_agent(error: BaseException) -> None:
+    """Under torchrun or `launch`, write the error file their agent reads: its summary shows this traceback.
+
+    The agent's `@record` would write it if the exception left `main`; the hard exit skips that.
+    Must be called while `error` is being handled (the file holds the current traceback).
+    """
+    if "TORCHELASTIC_ERROR_FILE" not in os.environ:
+        return
+    from torch.distributed.elastic.multiprocessing.errors import ErrorHandler
+
+    try:
+        ErrorHandler().record_exception(error)
+    except OSError:  # the report in this rank's log is what matters; the summary is a convenience
+        log.debug("Could not write the elastic agent's error file", exc_info=True)
 
 
 def _exit_now(exit_code: int) -> None:
@@ -335,129 +420,3 @@ def _report_failure(collectives: TorchCollectives, error: BaseException) -> None
     hosts_store = collectives.rank == 0 and not collectives.env.agent_store
     if first == summary and hosts_store and watch is not None:
         time.sleep(2 * watch.interval)  # the store leaves with this rank: let the others' watches read it
-
-
-@dataclass
-class DDPStrategy:
-    """How the model is wrapped in `DistributedDataParallel` and how long collectives may take."""
-
-    # Let DDP tolerate parameters that get no gradient in a step (costs a graph traversal every step).
-    find_unused_parameters: bool = False
-    # The graph is the same every step: DDP can skip re-checking it and overlap more.
-    static_graph: bool = False
-    # Gradients are views into DDP's communication buckets: saves a copy and memory.
-    gradient_as_bucket_view: bool = True
-    # How long a collective may wait for the other ranks before the job fails.
-    timeout: timedelta = DEFAULT_TIMEOUT
-    # "nccl" or "gloo"; None picks NCCL on GPUs and Gloo on CPUs.
-    process_group_backend: str | None = None
-
-
-_STRATEGIES: dict[str, Callable[[], DDPStrategy | None]] = {
-    "auto": DDPStrategy,
-    "ddp": DDPStrategy,
-    "ddp_find_unused_parameters_true": lambda: DDPStrategy(find_unused_parameters=True),
-    "ddp_find_unused_parameters_false": DDPStrategy,
-    "single_device": lambda: None,
-}
-
-
-def resolve_strategy(setting: str | DDPStrategy) -> DDPStrategy | None:
-    """The DDP settings a `Trainer(strategy=...)` value means; None for "single_device" (no wrapping).
-
-    "auto" means DDP when the job has several ranks; the trainer wraps only then.
-    """
-    if isinstance(setting, DDPStrategy):
-        return setting
-    if setting not in _STRATEGIES:
-        raise MisconfigurationError(
-            f"strategy={setting!r} is not supported. HINT: use one of {sorted(_STRATEGIES)} or a "
-            "DDPStrategy(...) instance; launch several ranks with `launch trainer.devices=N` or torchrun "
-            "instead of a spawning strategy."
-        )
-    return _STRATEGIES[setting]()
-
-
-class _TrainingStepForward(nn.Module):
-    """Routes DDP's `forward` to the user's `training_step`.
-
-    DDP arms its gradient all-reduce in `forward`; calling `training_step` directly would skip that and leave
-    every rank with its own gradients.
-    """
-
-    def __init__(self, module: nn.Module) -> None:
-        super().__init__()
-        self.module = module
-        self.after_step: Callable[[], None] | None = None
-
-    def forward(self, *args: Any, **kwargs: Any) -> Any:
-        training_step: Callable[..., Any] = self.module.training_step  # type: ignore[assignment]
-        output = training_step(*args, **kwargs)
-        if self.after_step is not None:
-            self.after_step()
-        return output
-
-
-class _TrainingStepDDP(DistributedDataParallel):
-    """DDP whose forward is the training step; with manual optimization the step's backward has already run.
-
-    `prepare_for_manual_backward` armed the gradient sync for that backward, so DDP must not arm it again
-    after the step (it would wait for a second backward), as Lightning does for manual optimization.
-    """
-
-    def forward(self, *args: Any, **kwargs: Any) -> Any:
-        router: _TrainingStepForward = self.module
-        if getattr(router.module, "automatic_optimization", True):
-            return super().forward(*args, **kwargs)
-        sync = self.require_backward_grad_sync
-        router.after_step = self._skip_arming
-        try:
-            return super().forward(*args, **kwargs)
-        finally:
-            router.after_step = None
-            self.require_backward_grad_sync = sync
-
-    def _skip_arming(self) -> None:
-        self.require_backward_grad_sync = False
-
-
-def wrap_model(
-    module: nn.Module, device: torch.device, strategy: DDPStrategy, sync_batchnorm: bool = False
-) -> DistributedDataParallel:
-    """Wrap a module already on `device` for DDP; calling the result runs `module.training_step`.
-
-    With `sync_batchnorm`, BatchNorm layers become `SyncBatchNorm` in place (statistics over all ranks).
-    Validation, test and predict steps call the unwrapped module directly: they need no gradient sync.
-    With `automatic_optimization = False`, the step's `manual_backward` must call
-    `prepare_for_manual_backward(wrapped, loss)` before `loss.backward()`.
-    """
-    if sync_batchnorm and device.type != "cuda":
-        raise MisconfigurationError(
-            f"sync_batchnorm=True on device {device}: torch's SyncBatchNorm runs on GPUs only. "
-            "HINT: set sync_batchnorm=False on CPU, or use accelerator='gpu'."
-        )
-    if sync_batchnorm:
-        module = nn.SyncBatchNorm.convert_sync_batchnorm(module)
-    return _TrainingStepDDP(
-        _TrainingStepForward(module),
-        device_ids=[device.index] if device.type == "cuda" else None,
-        find_unused_parameters=strategy.find_unused_parameters,
-        static_graph=strategy.static_graph,
-        gradient_as_bucket_view=strategy.gradient_as_bucket_view,
-    )
-
-
-def prepare_for_manual_backward(model: DistributedDataParallel, loss: torch.Tensor) -> None:
-    """Arm DDP's gradient sync for a backward that runs inside `training_step` (manual optimization).
-
-    DDP arms it after `forward` returns, too late for `self.manual_backward(loss)` inside the step; this does
-    it for `loss`, as Lightning does. Inside `model.no_sync()` it does nothing.
-    """
-    if not (torch.is_grad_enabled() and model.require_backward_grad_sync):
-        return
-    model.require_forward_param_sync = True
-    unused_search = model.find_unused_parameters and not model.static_graph
-    outputs = list(torch.nn.parallel.distributed._find_tensors(loss)) if unused_search else []
-    reducer: Any = model.reducer
-    reducer._rebuild_buckets()
-    reducer.prepare_for_backward(outputs)

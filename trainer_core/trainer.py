@@ -84,8 +84,10 @@ class Trainer:
         self.state = TrainerState()
         self.should_stop = False
         self.collectives: Collectives = SingleProcess()
-        self._global_rank, self._local_rank, self._world_size = 0, 0, 1
+        self._global_rank, self._local_rank, self._world_size, self._node_rank = 0, 0, 1, 0
         self._device = s.root_device()
+        self._strategy: Any = None  # the DDPStrategy of a run with several ranks (set by _setup_distributed)
+        self._ddp: Any = None  # the DDP-wrapped module while fitting with several ranks
         self.progress = LoopProgress()
         self._metrics = MetricStore(self.collectives)
         self.callbacks: list[Callback] = s.build_callbacks()
@@ -191,21 +193,22 @@ class Trainer:
         model = self._resolve_model(model, stage)
         self._attach(model, datamodule, stage)
         self.state.stage, self.state.status = stage, "running"
-        try:
-            with self._run_context():
-                self._setup_distributed()
-                runner.prepare_and_setup(self, stage)
-                runner.resolve_dataloaders(self, stage, loaders)
-                result = runner.run_stage(self, stage, ckpt_path)
-            self.state.status = "finished"
-            return result
-        except BaseException as err:
-            self.state.status = "interrupted"
-            if self._dispatch is not None:
-                self._dispatch.all_callbacks("on_exception", err)
-            raise
-        finally:
-            runner.teardown(self, stage)
+        with self._failure_stops_every_rank():
+            try:
+                with self._run_context():
+                    self._setup_distributed()
+                    runner.prepare_and_setup(self, stage)
+                    runner.resolve_dataloaders(self, stage, loaders)
+                    result = runner.run_stage(self, stage, ckpt_path)
+                self.state.status = "finished"
+                return result
+            except BaseException as err:
+                self.state.status = "interrupted"
+                if self._dispatch is not None:
+                    self._dispatch.all_callbacks("on_exception", err)
+                raise
+            finally:
+                runner.teardown(self, stage)
 
     def _resolve_model(self, model: TrainingModule | None, stage: str) -> TrainingModule:
         if model is None:
@@ -244,31 +247,67 @@ class Trainer:
             yield
 
     def _setup_distributed(self) -> None:
-        """The rank layout, process group and DDP wrapping of this run.
+        """The rank layout and, with several ranks, the process group (kept across fit/validate/test).
 
-        Today one process: `SingleProcess` collectives, world size 1. This is where the distributed module
-        connects: read the rank environment, create the process group, set `collectives`, the ranks and the
-        device, wrap the model with DDP (after the model is on its device), and inject samplers
-        (`_distribute_loader`).
+        The layout is checked against `devices`/`num_nodes`/`accelerator` before any process group exists, so
+        a wrong launch fails in seconds. The model is wrapped later, on its device (`_wrap_model`).
         """
+        from trainer_core import ddp, distributed
+        from trainer_core.environment import RankEnvironment, validate
         from trainer_core.rank_zero import rank_zero_only
 
-        devices = self.settings.device_count()
-        if devices > 1 or self.settings.num_nodes > 1:
-            raise MisconfigurationError(
-                f"Trainer(devices={self.settings.devices!r}, num_nodes={self.settings.num_nodes}) asks for "
-                "several "
-                "processes but this is one process. Launch it with `launch trainer.devices=N` or "
-                "`torchrun --nproc-per-node=N script.py`, or set devices=1"
-            )
-        self.collectives = SingleProcess()
-        self._global_rank, self._local_rank, self._world_size = 0, 0, 1
+        s = self.settings
+        env = RankEnvironment.detect()
+        auto = s.devices in ("auto", -1, "-1")
+        devices = env.local_world_size if auto and env.is_distributed else s.device_count()
+        validate(env, devices, s.num_nodes, s.accelerator, torch.cuda.device_count())
+        self._strategy = ddp.resolve_strategy(s.strategy)
+        self._global_rank, self._local_rank, self._world_size = env.rank, env.local_rank, env.world_size
+        self._node_rank = env.node_rank
+        rank_zero_only.rank = env.rank  # type: ignore[attr-defined]
+        if env.is_distributed and not isinstance(self.collectives, distributed.TorchCollectives):
+            self.collectives = distributed.join_job(env, self._strategy, s.accelerator)
+            self._device = self.collectives.device
         self._metrics.collectives = self.collectives
-        rank_zero_only.rank = self._global_rank  # type: ignore[attr-defined]
+
+    def _wrap_model(self, stage: str) -> None:
+        """With several ranks, wrap the module (on its device) in DDP to train; evaluation needs no sync."""
+        from trainer_core import ddp
+
+        self._ddp = None
+        if stage == "fit" and self._world_size > 1 and self._strategy is not None:
+            self._ddp = ddp.wrap_model(
+                self.lightning_module, self._device, self._strategy, self.settings.sync_batchnorm
+            )
 
     def _distribute_loader(self, loader: Any, training: bool) -> Any:
-        """The loader this rank reads (a distributed sampler is injected here when world_size > 1)."""
-        return loader
+        """The loader this rank reads: with several ranks, a DataLoader's sampler is sharded per rank."""
+        from torch.utils.data import DataLoader
+
+        from trainer_core import samplers
+
+        if self._world_size == 1 or not self.settings.use_distributed_sampler:
+            return loader
+        if not isinstance(loader, DataLoader):
+            return loader  # any other iterable is the user's to shard
+        if training:
+            return samplers.train_loader_with_sampler(loader, self._world_size, self._global_rank)
+        return samplers.eval_loader_with_sampler(loader, self._world_size, self._global_rank)
+
+    @contextlib.contextmanager
+    def _failure_stops_every_rank(self) -> Iterator[None]:
+        """With several ranks, an exception (after `on_exception` and teardown) ends this rank and the others.
+
+        The rank logs its traceback and exits non-zero; the others stop within seconds (see
+        `distributed.abort_on_exception`) instead of waiting in a collective for a rank that is gone.
+        """
+        from trainer_core import distributed
+
+        try:
+            yield
+        except Exception:
+            with distributed.abort_on_exception(self.collectives):
+                raise
 
     # -- used by the loops ----------------------------------------------------------------------------------
     def _to_device(self, batch: Any, dataloader_idx: int) -> Any:
@@ -351,7 +390,7 @@ class Trainer:
 
     @property
     def node_rank(self) -> int:
-        return 0
+        return self._node_rank
 
     @property
     def world_size(self) -> int:

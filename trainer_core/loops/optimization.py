@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
 
+from trainer_core import ddp
 from trainer_core.errors import MisconfigurationError
 from trainer_core.rank_zero import rank_zero_warn
 
 if TYPE_CHECKING:
+    from torch.nn.parallel import DistributedDataParallel
+
     from trainer_core.callbacks.dispatch import HookDispatcher
     from trainer_core.module import TrainingModule
     from trainer_core.state import LoopProgress
@@ -96,8 +100,11 @@ class Optimization:
         accumulate_grad_batches: int = 1,
         gradient_clip_val: float | None = None,
         gradient_clip_algorithm: str | None = None,
+        ddp: DistributedDataParallel | None = None,
     ) -> None:
         self.module = module
+        # With several ranks, the DDP wrapper: calling it runs `training_step` and arms the gradient sync.
+        self.ddp = ddp
         self.dispatch = dispatch
         self.precision = precision
         self.progress = progress
@@ -115,7 +122,10 @@ class Optimization:
     # -- the pieces ----------------------------------------------------------------------------------
     def training_step(self, batch: Any, batch_idx: int) -> Any:
         with self.precision.autocast():
-            output = self.module.training_step(batch, batch_idx)
+            if self.ddp is not None:
+                output = self.ddp(batch, batch_idx)
+            else:
+                output = self.module.training_step(batch, batch_idx)
         if self._step_end is not None:
             output = self._step_end(output)
         return output
@@ -147,6 +157,9 @@ class Optimization:
     def backward(self, loss: torch.Tensor, *args: Any, **kwargs: Any) -> None:
         """The backward path of both modes: hooks around the (precision-aware) backward."""
         self.dispatch.fire("on_before_backward", loss)
+        if self.ddp is not None and not self.automatic:
+            # DDP armed nothing for a backward inside training_step (manual_backward): arm it now.
+            ddp.prepare_for_manual_backward(self.ddp, loss)
         if self._custom_backward:
             # A user's `backward` override gets the loss as the precision plugin would scale it.
             self.module.backward(self.precision.scale(loss) if hasattr(self.precision, "scale") else loss)
@@ -196,7 +209,9 @@ class Optimization:
             if self.stepped:
                 progress.global_step += 1
         else:
-            closure()
+            # Gradients of a micro-batch that does not end the window stay local: one all-reduce per step.
+            with self.ddp.no_sync() if self.ddp is not None else contextlib.nullcontext():
+                closure()
             progress.accumulated_batches += 1
         return closure.output
 
