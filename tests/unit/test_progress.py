@@ -108,3 +108,19 @@ def test_silent_on_other_ranks_and_when_disabled() -> None:
     run_epoch(TQDMProgressBar(refresh_rate=0, file=stream), trainer)
     assert stream.getvalue() == ""
     assert isinstance(disabled, ProgressBar) and not disabled.is_enabled
+
+
+class OffersMetrics:
+    """A monitoring callback that offers the bar its own numbers."""
+
+    def progress_bar_metrics(self, trainer: Any) -> dict[str, str]:
+        return {"samples/s": "1234", "fit_eta": "07:30"}
+
+
+def test_the_bar_shows_what_monitoring_callbacks_offer_after_the_logged_metrics() -> None:
+    trainer = FakeTrainer(batches=10)
+    trainer.callbacks = [OffersMetrics(), object()]  # type: ignore[attr-defined]
+    out = io.StringIO()
+    run_epoch(TQDMProgressBar(file=out), trainer)
+    last = out.getvalue().strip().splitlines()[-1]
+    assert last.endswith("step=10 loss=0.1235 samples/s=1234 fit_eta=07:30")

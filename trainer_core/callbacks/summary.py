@@ -95,7 +95,7 @@ def _checkpoints(trainer: Trainer) -> list[str]:
 def _logs(trainer: Trainer) -> list[str]:
     from trainer_core.loggers import TensorBoardLogger
 
-    lines: list[str] = []
+    lines: list[str] = [] if trainer.loggers else ["  Logs: no logger (logger=False)"]
     for logger in trainer.loggers:
         kind = type(logger).__name__
         lines.append(f"  {kind}: {getattr(logger, 'log_dir', None) or getattr(logger, 'save_dir', '?')}")
@@ -104,8 +104,6 @@ def _logs(trainer: Trainer) -> list[str]:
     if boards:
         root = boards[0].root_dir or boards[0].log_dir
         lines.append(f"  Open TensorBoard: tensorboard --logdir {shlex.quote(os.path.abspath(root))}")
-    if not lines:
-        lines.append("  Logs: no logger (logger=False)")
     return lines
 
 
@@ -115,7 +113,7 @@ def _log_files() -> list[str]:
     for logger in (logging.getLogger(), logging.getLogger("trainer_core")):
         for handler in logger.handlers:
             path: Any = getattr(handler, "baseFilename", None)
-            if isinstance(path, str) and path not in seen:
+            if isinstance(path, str) and path != os.devnull and path not in seen:
                 seen.append(path)
     return seen
 
