@@ -102,7 +102,8 @@ def test_a_real_fit_logs_samples_per_second_and_step_time_at_the_trainer_log_ste
 @pytest.mark.timeout(60)
 def test_data_wait_and_forward_time_are_measured_where_they_happen(tmp_path: Path) -> None:
     delay_s, batch_size, forward_s = 0.004, 4, 0.01
-    loader = DataLoader(SlowDataset(32, delay_s), batch_size=batch_size)
+    # More batches than steps: the loop reads one batch ahead, so every step below waits for one fetch.
+    loader = DataLoader(SlowDataset(64, delay_s), batch_size=batch_size)
     _, (logger, _) = fit(
         tmp_path, loader, Classifier(forward_sleep_s=forward_s), max_steps=8, log_every_n_steps=4
     )
