@@ -109,6 +109,8 @@ def _to_slurm(cfg: DictConfig, hydra_cfg: DictConfig) -> None:
         reason = slurm_submit.reason_not_to_resubmit(run_dir)
         if reason is not None:
             log.info("%s: %s; not submitted again", run_dir, reason)
+            # Hydra's basic sweeper records its own multirun.yaml; each job's config.yaml says everything.
+            (run_dir.parent / "multirun.yaml").unlink(missing_ok=True)
             return
         prepared = prepare_run(cfg, hydra_cfg)
         slurm_submit.queue_run(prepared.run_dir, prepared.job)
