@@ -65,25 +65,26 @@ def _base_env(result_dir: Path, extra: dict[str, str] | None) -> dict[str, str]:
     return {**env, **(extra or {})}
 
 
-def _srun_env(rank: int, nprocs: int, port: int) -> dict[str, str]:
-    """The variables `srun --ntasks-per-node=N` sets for one task on one node."""
+def _srun_env(rank: int, nprocs: int, port: int, nodes: int = 1) -> dict[str, str]:
+    """The variables `srun --nodes=M --ntasks-per-node=N/M` sets for one task (every "node" is this host)."""
+    per_node = nprocs // nodes
     return {
         "SLURM_JOB_ID": "4242",
         "SLURM_STEP_ID": "0",
         "SLURM_PROCID": str(rank),
-        "SLURM_LOCALID": str(rank),
-        "SLURM_NODEID": "0",
+        "SLURM_LOCALID": str(rank % per_node),
+        "SLURM_NODEID": str(rank // per_node),
         "SLURM_NTASKS": str(nprocs),
-        "SLURM_NNODES": "1",
-        "SLURM_TASKS_PER_NODE": str(nprocs),
-        "SLURM_NTASKS_PER_NODE": str(nprocs),
+        "SLURM_NNODES": str(nodes),
+        "SLURM_TASKS_PER_NODE": str(per_node) if nodes == 1 else f"{per_node}(x{nodes})",
+        "SLURM_NTASKS_PER_NODE": str(per_node),
         "SLURM_JOB_NODELIST": "127.0.0.1",
         "MASTER_PORT": str(port),
     }
 
 
 def _start(
-    script: Path, nprocs: int, launcher: str, env: dict[str, str], logs: Path
+    script: Path, nprocs: int, launcher: str, env: dict[str, str], logs: Path, nodes: int = 1
 ) -> list[subprocess.Popen]:
     port = free_port()
     if launcher == "torchrun":
@@ -92,7 +93,8 @@ def _start(
         commands = [(command, env)]
     else:
         commands = [
-            ([sys.executable, str(script)], {**env, **_srun_env(r, nprocs, port)}) for r in range(nprocs)
+            ([sys.executable, str(script)], {**env, **_srun_env(r, nprocs, port, nodes)})
+            for r in range(nprocs)
         ]
     processes = []
     for index, (command, process_env) in enumerate(commands):
@@ -121,16 +123,24 @@ RunRanks = Callable[..., JobResult]
 
 @pytest.fixture
 def run_ranks(tmp_path: Path) -> Iterator[RunRanks]:
-    """`run_ranks(body, nprocs=2, launcher="torchrun"|"srun", timeout=120, env=None) -> JobResult`."""
+    """`run_ranks(body, nprocs=2, launcher="torchrun"|"srun", timeout=120, env=None, nodes=1) -> JobResult`.
+
+    `nodes` (srun only) spreads the ranks over that many simulated nodes of this host.
+    """
 
     def run(
-        body: str, nprocs: int = 2, launcher: str = "torchrun", timeout: float = 120, env: dict | None = None
+        body: str,
+        nprocs: int = 2,
+        launcher: str = "torchrun",
+        timeout: float = 120,
+        env: dict | None = None,
+        nodes: int = 1,
     ) -> JobResult:
         result_dir = tmp_path / f"results-{launcher}"
         result_dir.mkdir()
         script = result_dir / "rank_body.py"
         script.write_text(PRELUDE + textwrap.dedent(body))
-        processes = _start(script, nprocs, launcher, _base_env(result_dir, env), result_dir)
+        processes = _start(script, nprocs, launcher, _base_env(result_dir, env), result_dir, nodes)
         finished = _wait(processes, timeout)
         output = "\n".join(log.read_text() for log in sorted(result_dir.glob("process*.log")))
         if not finished:

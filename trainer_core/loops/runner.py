@@ -7,7 +7,7 @@ import logging
 import math
 from typing import TYPE_CHECKING, Any
 
-from trainer_core import optim
+from trainer_core import distributed, optim
 from trainer_core.datamodule import DataModule
 from trainer_core.errors import MisconfigurationError
 from trainer_core.loops import checkpointing
@@ -41,12 +41,10 @@ def prepare_and_setup(trainer: Trainer, stage: str) -> None:
     model, datamodule = trainer.lightning_module, trainer.datamodule
     _check_module(model, stage)
     for owner in (datamodule, model):
-        if owner is None:
-            continue
-        per_node = getattr(owner, "prepare_data_per_node", True)
-        if (trainer.local_rank if per_node else trainer.global_rank) == 0:
-            owner.prepare_data()
-    trainer.collectives.barrier("prepare_data")
+        if owner is not None:
+            # Once per job (or node); the others wait without a time limit, since a download may be long.
+            per_node = getattr(owner, "prepare_data_per_node", True)
+            distributed.barrier_for_prepare_data(trainer.collectives, owner.prepare_data, per_node=per_node)
     trainer.profiler.setup(stage=stage, local_rank=trainer.local_rank, log_dir=trainer.log_dir)
     if datamodule is not None:
         datamodule.setup(stage)
@@ -165,6 +163,7 @@ def run_stage(trainer: Trainer, stage: str, ckpt_path: Any) -> Any:
 
     model = trainer.lightning_module
     model.to(trainer.device)
+    trainer._wrap_model(stage)
     trainer.precision_plugin = Precision.from_setting(trainer.settings.precision, trainer.device)
     if stage == "fit":
         _configure_optimizers(trainer, model)
@@ -209,6 +208,7 @@ def _configure_optimizers(trainer: Trainer, model: TrainingModule) -> None:
         s.accumulate_grad_batches,
         s.gradient_clip_val,
         s.gradient_clip_algorithm,
+        ddp=trainer._ddp,
     )
     trainer._optimizer_wrappers = trainer._optimization.wrappers
 
