@@ -1,8 +1,10 @@
 """Checkpoint files: atomic write and verification, `weights_only` loading, and plain-type hyperparameters.
 
 A checkpoint is a `torch.save`d dict in torch's zip format. `save_atomic` writes it under a temporary name in
-the target's directory, flushes and fsyncs it, checks it, renames it over the target and fsyncs the directory,
-so a crash or a failure at any point leaves either the old file or the new one, never a torn one.
+the target's directory, flushes and fsyncs it, checks it and renames it over the target, so a crash or a
+failure at any point leaves either the old file or the new one, never a torn one. The directory is not
+fsynced after the rename: that only matters when the machine itself loses power, and then the name still
+points at the previous complete file, which `verify` accepts; it would double the cost of a small save.
 
 The check is cheap on purpose (a save must cost about what `torch.save` costs): the file's size and the zip
 central directory, which lists every record's size and the CRC-32 that torch computed while writing. A
@@ -16,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import enum
+import errno
 import hashlib
 import json
 import logging
@@ -46,17 +49,32 @@ def save_atomic(state: Mapping[str, Any], path: str | os.PathLike[str]) -> None:
         with open(temporary, "xb") as file:
             _serialize(state, file)
             file.flush()
-            os.fsync(file.fileno())
+            os.fsync(file.fileno())  # the bytes are on disk before the name points at them
             written = file.tell()
         digest = _check_written(temporary, written)
         # The old manifest describes the old file: drop it before the new file takes the name.
         _remove_quietly(manifest_path(target))
         os.replace(temporary, target)
-    except BaseException:
+    except OSError as error:
         _remove_quietly(temporary)
+        raise CheckpointError(_write_failed_message(target, error)) from error
+    except BaseException:
+        _remove_quietly(temporary)  # a second Ctrl-C mid-write: the previous file stays as it was
         raise
-    _fsync_directory(target.parent)
     _write_manifest(target, written, digest, _position(state))
+
+
+def _write_failed_message(target: Path, error: OSError) -> str:
+    reason = os.strerror(error.errno) if error.errno else str(error)
+    hint = (
+        "The disk is full: free space or choose another dirpath"
+        if error.errno in (errno.ENOSPC, errno.EDQUOT)
+        else "Check that the directory is writable and the file system healthy"
+    )
+    return (
+        f"Could not write checkpoint {str(target)!r} ({reason}). The previous file at that path, if any, is "
+        f"unchanged and no temporary file is left. {hint}."
+    )
 
 
 def _position(state: Mapping[str, Any]) -> dict[str, int]:
@@ -92,20 +110,6 @@ def _records_digest(path: Path) -> str:
     return hashlib.sha256(listing.encode()).hexdigest()
 
 
-def _fsync_directory(directory: Path) -> None:
-    # Makes the rename itself durable; some file systems cannot open a directory, and then there is no need.
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def _write_manifest(target: Path, size: int, digest: str, position: dict[str, int]) -> None:
     manifest = {
         "file": target.name,
@@ -116,13 +120,13 @@ def _write_manifest(target: Path, size: int, digest: str, position: dict[str, in
         "committed_ns": time.time_ns(),
     }
     final = manifest_path(target)
-    temporary = final.with_name(f".{final.name}.tmp-{os.getpid()}")
     try:
-        temporary.write_text(json.dumps(manifest, indent=1) + "\n")
-        os.replace(temporary, final)
+        # Written in place, not via a temporary: a torn manifest only makes `verify` refuse this file, and
+        # resume then falls back to the previous one; a rename would cost as much as the whole small save.
+        final.write_text(json.dumps(manifest, indent=1) + "\n")
     except OSError as error:
         # The checkpoint itself is committed; without a manifest `verify` falls back to the zip structure.
-        _remove_quietly(temporary)
+        _remove_quietly(final)
         log.warning("Could not write the manifest %s: %s", final, error)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import errno
 import json
 import os
 import random
@@ -156,10 +157,10 @@ def test_failing_write_keeps_the_previous_file_and_no_temporary(
 
     def half_then_fail(state: Any, file: IO[bytes]) -> None:
         file.write(b"PK\x03\x04 partial")
-        raise OSError("No space left on device")
+        raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(checkpoint, "_serialize", half_then_fail)
-    with pytest.raises(OSError, match="No space left"):
+    with pytest.raises(CheckpointError, match=r"last\.ckpt.*No space left.*disk is full.*dirpath"):
         save_atomic({"generation": 2}, path)
     assert path.read_bytes() == before
     assert load(path) == {"generation": 1}
