@@ -29,6 +29,7 @@ from trainer_core.loops.settings import TrainerSettings
 from trainer_core.metrics import MetricStore, to_floats
 from trainer_core.module import TrainingModule
 from trainer_core.precision import Precision
+from trainer_core.preemption import Preemption
 from trainer_core.state import LoopProgress, TrainerState
 
 log = logging.getLogger(__name__)
@@ -114,6 +115,8 @@ class Trainer:
         self._val_check_batch: int | float = math.inf
         self._restored_rng: dict[str, Any] | None = None
         self._restored_metrics: dict[str, torch.Tensor] = {}
+        # Stop signals during fit (see trainer_core.preemption); configured with plugins=[PreemptionSignals()].
+        self.preemption = Preemption.from_plugins(s.plugins)
         # Seconds the latest training batch waited on the dataloader (set by the fit loop, read by callbacks).
         self.last_data_wait_s = 0.0
 
@@ -200,7 +203,8 @@ class Trainer:
                     runner.prepare_and_setup(self, stage)
                     runner.resolve_dataloaders(self, stage, loaders)
                     result = runner.run_stage(self, stage, ckpt_path)
-                self.state.status = "finished"
+                if self.state.status == "running":  # "preempted" stays as the fit loop set it
+                    self.state.status = "finished"
                 return result
             except BaseException as err:
                 self.state.status = "interrupted"
@@ -243,7 +247,10 @@ class Trainer:
             torch.use_deterministic_algorithms(True)
         if s.benchmark is not None and torch.backends.cudnn.is_available():
             torch.backends.cudnn.benchmark = s.benchmark
-        with torch.autograd.set_detect_anomaly(s.detect_anomaly):
+        with (
+            torch.autograd.set_detect_anomaly(s.detect_anomaly),
+            self.preemption.installed(self.state.stage == "fit"),
+        ):
             yield
 
     def _setup_distributed(self) -> None:
@@ -395,6 +402,16 @@ class Trainer:
     @property
     def world_size(self) -> int:
         return self._world_size
+
+    @property
+    def received_signal(self) -> int | None:
+        """The stop signal (SIGUSR2, SIGTERM, SIGINT...) that made the last fit save and return, or None."""
+        return self.preemption.received
+
+    @property
+    def interrupted(self) -> bool:
+        """True when the last run stopped early: preempted by a signal, or ended by an exception."""
+        return self.state.status in ("preempted", "interrupted")
 
     @property
     def is_global_zero(self) -> bool:
