@@ -115,7 +115,7 @@ class Trainer:
         self._val_check_batch: int | float = math.inf
         self._restored_rng: dict[str, Any] | None = None
         self._restored_metrics: dict[str, torch.Tensor] = {}
-        # Stop signals during fit (see trainer_core.preemption); configured with plugins=[PreemptionSignals()].
+        # Stop signals during fit (trainer_core.preemption), configured by plugins=[PreemptionSignals()].
         self.preemption = Preemption.from_plugins(s.plugins)
         # Seconds the latest training batch waited on the dataloader (set by the fit loop, read by callbacks).
         self.last_data_wait_s = 0.0
