@@ -1,27 +1,43 @@
 """The benchmark runner: `python -m bench [NAME ...] [--quick] [--out DIR]`.
 
-A benchmark is a module with `NAME`, `TITLE` and `run(quick: bool) -> bench.common.Report`; register it in
-`BENCHMARKS` below to have it run by default.
+A benchmark is a module in `bench/` that defines, at top level, `NAME = "..."`, `TITLE = "..."` and
+`def run(quick: bool = False) -> bench.common.Report`. Adding the file registers it: the runner finds such
+modules by reading their source (so scripts meant for `torchrun`, like `gpu_ddp.py`, are never imported),
+runs them one after another, writes each one's `<NAME>.md`/`.json`, then the suite's `summary.md` and
+`summary.png` (see `bench.report`).
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import re
 import sys
 import time
 from pathlib import Path
 
 from bench.common import RESULTS_DIR, Report
+from bench.report import write_summary
 
-BENCHMARKS: dict[str, str] = {
-    "single_process": "bench.single_process",
-}
+_NAME = re.compile(r"^NAME\s*=\s*[\"']([\w-]+)[\"']", re.MULTILINE)
+_RUN = re.compile(r"^def run\(", re.MULTILINE)
+BENCH_DIR = Path(__file__).resolve().parent
 
 
-def _parse(argv: list[str]) -> argparse.Namespace:
+def discover(folder: Path = BENCH_DIR) -> dict[str, str]:
+    """Benchmark name -> module, for every `bench/*.py` with a top-level `NAME` and `def run(`."""
+    found: dict[str, str] = {}
+    for path in sorted(folder.glob("*.py")):
+        source = path.read_text()
+        name = _NAME.search(source)
+        if name and _RUN.search(source):
+            found[name.group(1)] = f"{folder.name}.{path.stem}"
+    return found
+
+
+def _parse(argv: list[str], benchmarks: dict[str, str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
-    parser.add_argument("names", nargs="*", help=f"benchmarks to run (default: all of {sorted(BENCHMARKS)})")
+    parser.add_argument("names", nargs="*", help=f"benchmarks to run (default: all of {sorted(benchmarks)})")
     parser.add_argument(
         "--quick", action="store_true", help="a smoke run: tiny sizes, numbers not meaningful"
     )
@@ -32,17 +48,23 @@ def _parse(argv: list[str]) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parse(sys.argv[1:] if argv is None else argv)
-    unknown = [name for name in args.names if name not in BENCHMARKS]
+    benchmarks = discover()
+    args = _parse(sys.argv[1:] if argv is None else argv, benchmarks)
+    unknown = [name for name in args.names if name not in benchmarks]
     if unknown:
-        print(f"unknown benchmark(s) {unknown}; choose from {sorted(BENCHMARKS)}", file=sys.stderr)
+        print(f"unknown benchmark(s) {unknown}; choose from {sorted(benchmarks)}", file=sys.stderr)
         return 2
-    for name in args.names or list(BENCHMARKS):
+    reports: list[Report] = []
+    for name in args.names or list(benchmarks):
         started = time.perf_counter()
-        report: Report = importlib.import_module(BENCHMARKS[name]).run(quick=args.quick)
+        report: Report = importlib.import_module(benchmarks[name]).run(quick=args.quick)
         markdown, data = report.write(args.out)
+        reports.append(report)
         print(report.markdown())
         print(f"[{name}: {time.perf_counter() - started:.0f} s; wrote {markdown} and {data}]")
+    summary, chart = write_summary(reports, args.out)
+    print(summary.read_text())
+    print(f"[suite: wrote {summary}" + (f" and {chart}]" if chart else "; no chart without matplotlib]"))
     return 0
 
 

@@ -1,0 +1,45 @@
+"""The suite's registration by file and its overview: summary.md with every ratio, summary.png chart."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bench.__main__ import discover
+from bench.common import Report, Table
+from bench.report import write_summary
+
+
+def test_a_module_with_name_and_run_registers_itself_and_scripts_are_not_imported(tmp_path: Path) -> None:
+    folder = tmp_path / "mybench"
+    folder.mkdir()
+    (folder / "launch_startup.py").write_text(
+        'NAME = "launch_startup"\nTITLE = "t"\n\ndef run(quick=False): ...\n'
+    )
+    (folder / "helper.py").write_text("def run(quick=False): ...\n")  # no NAME: not a benchmark
+    (folder / "script.py").write_text('raise SystemExit("never imported")\nNAME = "x"\n')  # no run()
+    assert discover(folder) == {"launch_startup": "mybench.launch_startup"}
+    assert discover()["single_process"] == "bench.single_process"
+
+
+def report(name: str, baseline_s: float, trainer_s: float, target: float | None) -> Report:
+    samples = {"hand": [baseline_s, baseline_s * 1.1], "trainer_core": [trainer_s, trainer_s]}
+    targets = {"trainer_core": target} if target is not None else None
+    table = Table.from_samples(f"{name}: step", "note", samples, "hand", targets)
+    return Report(name, f"{name} title", [table])
+
+
+def test_summary_lists_every_non_baseline_row_with_its_ratio_and_target(tmp_path: Path) -> None:
+    reports = [report("cpu", 0.001, 0.0011, 1.15), report("ddp", 0.002, 0.003, None)]
+    markdown, chart = write_summary(reports, tmp_path)
+    text = markdown.read_text()
+    assert "- torch: " in text and "- machine: " in text and "- date: " in text
+    rows = [line for line in text.splitlines() if line.startswith("| cpu") or line.startswith("| ddp")]
+    assert len(rows) == 2  # the baselines are the denominators, not rows
+    # hand median = 1.05 ms, trainer 1.1 ms -> 1.048x, within 1.15x
+    assert "| cpu | cpu: step | trainer_core | 1.100 | 1.100-1.100 | 1.048x | <= 1.15x | yes |" in rows
+    assert "| ddp | ddp: step | trainer_core | 3.000 | 3.000-3.000 | 1.429x |  |  |" in rows
+    pytest.importorskip("matplotlib")
+    assert chart is not None and chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert f"![ratios]({chart.name})" in text
