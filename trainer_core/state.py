@@ -15,7 +15,7 @@ class TrainerState:
     """What the trainer is doing: `stage` is the entry point that runs ("fit", "validate", ...), else None."""
 
     stage: str | None = None
-    status: str = "initializing"  # "initializing" | "running" | "finished" | "interrupted"
+    status: str = "initializing"  # "initializing" | "running" | "finished" | "interrupted" | "preempted"
 
 
 @dataclass
@@ -38,6 +38,7 @@ class LoopProgress:
     stepped_batches: int = 0  # batches after which an optimizer stepped (the loggers' step counter)
     accumulated_batches: int = 0  # batches whose gradients wait for the next optimizer step
     epoch_batches_done: bool = False  # `epoch`'s batch loop has finished
+    shuffle_seed: int | None = None  # the per-epoch shuffle order's seed (order = f(seed + epoch))
     extra: dict[str, Any] = field(default_factory=dict)
 
     def start_epoch(self) -> None:

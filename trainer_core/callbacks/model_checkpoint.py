@@ -164,6 +164,17 @@ class ModelCheckpoint(Callback):
         if self._last_global_step_saved_last != trainer.global_step:
             self._execute(trainer, self._plan_or_error(trainer, topk=False, last=True))
 
+    def adopt_last(self, trainer: Trainer, path: str) -> None:
+        """Record `path` (a `last.ckpt` the trainer writes on preemption) as this callback's last file.
+
+        From then on the callback keeps `last.ckpt` current at its save points even without `save_last`,
+        so that `last.ckpt` is always the newest committed checkpoint.
+        """
+        if self.save_last is None or self.save_last is False:
+            self.save_last = True
+        self.last_model_path = path
+        self._last_global_step_saved_last = trainer.global_step
+
     # -- state -----------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         return {

@@ -56,10 +56,38 @@ def _training_state(trainer: Trainer) -> dict[str, Any]:
         "callbacks": {key: value for key, value in callbacks.items() if value},
         "precision": trainer.precision_plugin.state_dict() if trainer.precision_plugin is not None else {},
         "rng_states": seed.capture_rng_state(),
-        "sampler": {},
+        # Where the epoch's order stands; the loop progress holds the same numbers and is what resume reads.
+        "sampler": {
+            "shuffle_seed": trainer.progress.shuffle_seed,
+            "epoch": trainer.progress.epoch,
+            "batch_index": trainer.progress.epoch_batches,
+        },
         # The metrics callbacks and monitored schedulers read, so a resumed run starts where it stopped.
         "callback_metrics": {k: v.detach().cpu() for k, v in trainer.callback_metrics.items()},
     }
+
+
+def last_path(trainer: Trainer) -> Path:
+    """Where `last.ckpt` goes: the checkpoint callback's directory, else `default_root_dir/checkpoints`."""
+    callback = trainer.checkpoint_callback
+    directory = getattr(callback, "dirpath", None) if callback is not None else None
+    if not directory:
+        directory = os.path.join(trainer.default_root_dir, "checkpoints")
+    return Path(directory) / LAST_NAME
+
+
+def save_last(trainer: Trainer) -> Path:
+    """Every rank: write the full state to `last.ckpt` (atomically, rank zero writes) and return its path.
+
+    The preemption checkpoint is always `last.ckpt`, replaced in place, so such files never pile up; the
+    checkpoint callback records it as its last file and keeps it current from then on.
+    """
+    path = last_path(trainer)
+    callback = trainer.checkpoint_callback
+    if callback is not None and hasattr(callback, "adopt_last"):
+        callback.adopt_last(trainer, str(path))  # before the save, so the file's own callback state says so
+    trainer.save_checkpoint(path)
+    return path
 
 
 def resolve_path(trainer: Trainer, ckpt_path: Any) -> str:

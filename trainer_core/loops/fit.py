@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from typing import TYPE_CHECKING, Any
@@ -10,11 +11,14 @@ import torch
 
 from trainer_core import optim, seed
 from trainer_core.errors import MisconfigurationError
-from trainer_core.loops.data import LookAhead
+from trainer_core.loops import checkpointing
+from trainer_core.loops.data import LookAhead, resumable_loader, start_loader_at
 from trainer_core.loops.evaluation import EvaluationLoop
 
 if TYPE_CHECKING:
     from trainer_core.trainer import Trainer
+
+log = logging.getLogger(__name__)
 
 
 class FitLoop:
@@ -48,10 +52,11 @@ class FitLoop:
         start_loggers(trainer, resumed=getattr(trainer, "ckpt_path", None) is not None)
         dispatch.fire("on_fit_start")
         self._sanity_check()
-        if trainer._restored_rng is not None:
-            # Restored here, after the sanity check, whose dataloader iterators draw from the global RNG.
-            seed.restore_rng_state(trainer._restored_rng)
-            trainer._restored_rng = None
+        trainer.train_dataloader = resumable_loader(trainer.train_dataloader, self._shuffle_seed())
+        if not self.progress.resumes_mid_epoch:
+            # Restored here, after the sanity check, whose dataloader iterators draw from the global RNG
+            # (mid-epoch, only once the epoch's iterator exists: see `_resume_point`).
+            self._resume_point()
         if self.progress.epoch_batches_done:
             self._step_epoch_schedulers()  # the epoch end the checkpoint was written in did not get there
             self.progress.finish_epoch()
@@ -59,7 +64,8 @@ class FitLoop:
         trainer._running = "train"
         dispatch.fire("on_train_start")
         while not self.done:
-            self._run_epoch()
+            if self._preempted() or self._run_epoch():
+                return  # saved to last.ckpt; the end hooks are for a fit that finished
         trainer._running = "train"
         dispatch.fire("on_train_end")
         dispatch.fire("on_fit_end")
@@ -99,22 +105,25 @@ class FitLoop:
         self.metrics.restore(trainer._restored_metrics)
 
     # -- one epoch --------------------------------------------------------------------------------------
-    def _run_epoch(self) -> None:
+    def _run_epoch(self) -> bool:
+        """Train one epoch (or its rest, after a mid-epoch resume); True when a stop signal ended it."""
         trainer, progress, dispatch = self.trainer, self.progress, self.dispatch
         assert dispatch is not None
         start = progress.epoch_batches if progress.resumes_mid_epoch else 0
         if not start:
             progress.start_epoch()
         _set_epoch(trainer.train_dataloader, progress.epoch)
+        skips_by_index = start_loader_at(trainer.train_dataloader, start)
         self.metrics.stage = "train"
         self.metrics.begin_epoch("train")
         dispatch.fire("on_train_epoch_start")
         outputs: list[Any] = []
         waiting_since = time.perf_counter()  # data wait: from the end of one batch to the next one's arrival
         for batch_idx, batch, is_last in LookAhead(
-            trainer.train_dataloader, trainer.num_training_batches, start
+            trainer.train_dataloader, trainer.num_training_batches, start, skip=not skips_by_index
         ):
             trainer.last_data_wait_s = time.perf_counter() - waiting_since
+            self._resume_point()
             if self._run_batch(batch_idx, batch, is_last, outputs):
                 break
             validated = self._should_validate(batch_idx, is_last)
@@ -124,9 +133,55 @@ class FitLoop:
                 if not validated and not is_last and self._validates_this_epoch():
                     self._validate()  # a run stopped by max_steps still validates its last weights
                 break
+            if self._preempted():
+                return True
             waiting_since = time.perf_counter()
+        self._resume_point()
         progress.epoch_batches_done = True
         self._end_epoch(outputs)
+        return False
+
+    # -- resume and preemption ----------------------------------------------------------------------------
+    def _resume_point(self) -> None:
+        """Put back the checkpoint's RNG states, once, right before training continues.
+
+        After a mid-epoch resume this runs once the epoch's iterator exists and its first batch is read:
+        creating a DataLoader iterator draws from the global RNG, which the run that never stopped did at
+        the start of the epoch, before the checkpoint.
+        """
+        if self.trainer._restored_rng is not None:
+            seed.restore_rng_state(self.trainer._restored_rng)
+            self.trainer._restored_rng = None
+
+    def _shuffle_seed(self) -> int:
+        """The seed of the per-epoch shuffle order: kept in the loop progress so that resume reuses it."""
+        if self.progress.shuffle_seed is None:
+            chosen = seed.current_seed()
+            if chosen is None:  # no seed_everything: a fresh order per run, drawn once and checkpointed
+                chosen = int(torch.randint(0, 2**31 - 1, (1,)).item())
+            self.progress.shuffle_seed = chosen
+        return self.progress.shuffle_seed
+
+    def _preempted(self) -> bool:
+        """At a step boundary: when any rank got a stop signal, save `last.ckpt` together; True then.
+
+        A gradient-accumulation window is finished first: its partial gradients are per-rank state that a
+        checkpoint written by rank zero cannot hold, and the window is at most a few batches.
+        """
+        trainer = self.trainer
+        if self.progress.accumulated_batches or not trainer.preemption.agreed(trainer):
+            return False
+        path = checkpointing.save_last(trainer)
+        trainer.state.status = "preempted"
+        log.warning(
+            "Stop signal %s: saved %s at epoch %d, step %d; fit returns, and resumes from it with "
+            'ckpt_path="last"',
+            trainer.preemption.describe(),
+            path,
+            self.progress.epoch,
+            self.progress.global_step,
+        )
+        return True
 
     def _run_batch(self, batch_idx: int, batch: Any, is_last: bool, outputs: list[Any]) -> bool:
         """Train on one batch; True when `on_train_batch_start` returned -1 (end the epoch)."""
