@@ -40,7 +40,7 @@ def find_runs(directory: Path) -> list[Path]:
     """The run directories (those holding a run.json) at or below directory, sorted by path."""
     if (directory / rundir.MANIFEST_FILE).is_file():
         return [directory]
-    return sorted(path.parent for path in directory.rglob(rundir.MANIFEST_FILE) if "code" not in path.parts)
+    return sorted(path.parent for path in directory.rglob(rundir.MANIFEST_FILE))
 
 
 def newest_job_id(manifest: dict[str, Any]) -> str | None:
