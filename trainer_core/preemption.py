@@ -76,6 +76,7 @@ class Preemption:
 
     def __init__(self, config: PreemptionSignals | None = None) -> None:
         self.config = config or PreemptionSignals()
+        self.config.numbers()  # a bad signal name fails when the Trainer is built, not in fit
         self.received: int | None = None  # the first stop signal of this fit
         self._sigint_count = 0
         self._previous: dict[int, Any] = {}
