@@ -60,9 +60,7 @@ class Noisy(tc.TrainingModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
 
-def SignalAt(  # noqa: N802 - reads as the callback it builds
-    hook: str, when: Callable[..., bool], signum: int = signal.SIGUSR2
-) -> tc.callbacks.Callback:
+def SignalAt(hook: str, when: Callable[..., bool], signum: int = signal.SIGUSR2) -> tc.callbacks.Callback:
     """A callback that sends `signum` to this process from `hook` when `when(trainer, *args)` first holds.
 
     The hook is defined on a class of its own: the dispatcher calls only the hooks a class overrides.
