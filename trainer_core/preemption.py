@@ -13,22 +13,28 @@ USR2, not USR1, is the default: NCCL and some MPI stacks use USR1 themselves. A 
 
 Configure it with `Trainer(plugins=[PreemptionSignals(signals=("SIGUSR2",), handle_sigint=False)])`;
 `PreemptionSignals(signals=())` with `handle_sigint=False` turns it off.
+
+`Trainer(plugins=[RunConfig(config=resolved_config)])` stores the config's hash (and the config) in every
+checkpoint; resuming from a checkpoint of another config is refused, naming the keys that differ, unless
+`RunConfig(..., allow_config_change=True)`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import logging
 import signal
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 import torch
 
-from trainer_core.errors import MisconfigurationError
+from trainer_core.errors import CheckpointError, MisconfigurationError
 
 if TYPE_CHECKING:
     from trainer_core.trainer import Trainer
@@ -71,11 +77,74 @@ def _signal_number(value: str | int) -> int:
     return int(number)
 
 
+@dataclass
+class RunConfig:
+    """The run's configuration (a `Trainer` plugin): what a checkpoint must match to be resumed.
+
+    `config`: the resolved config as a mapping (its differing keys are named on a mismatch); `config_hash`:
+    a hash computed elsewhere (the launcher's), else one is computed from `config`.
+    """
+
+    config: Mapping[str, Any] | None = None
+    config_hash: str | None = None
+    allow_config_change: bool = False
+
+    def digest(self) -> str | None:
+        if self.config_hash is not None:
+            return self.config_hash
+        if self.config is None:
+            return None
+        text = json.dumps(_plain(self.config), sort_keys=True, default=str)
+        return hashlib.sha256(text.encode()).hexdigest()
+
+    def checkpoint_entry(self) -> dict[str, Any]:
+        """What the checkpoint's `run_config` holds (plain types, for weights_only loading)."""
+        return {"config_hash": self.digest(), "config": _plain(self.config) if self.config else None}
+
+    def check(self, saved: Mapping[str, Any] | None, path: str) -> None:
+        """Refuse a checkpoint written under another config (unless `allow_config_change`)."""
+        if not saved or saved.get("config_hash") in (None, self.digest()):
+            return
+        keys = _differing_keys(saved.get("config"), _plain(self.config) if self.config else None)
+        what = f"the keys that differ: {keys}" if keys else "no config stored to name the differing keys"
+        message = (
+            f"Checkpoint {path!r} was written by a run with config hash {saved.get('config_hash')}, this run "
+            f"has {self.digest()} ({what}). Resume with the same config, start a new run, or pass "
+            "RunConfig(..., allow_config_change=True) to resume anyway"
+        )
+        if not self.allow_config_change:
+            raise CheckpointError(message)
+        log.warning("%s; resuming because allow_config_change=True", message.split(". Resume")[0])
+
+
+def _plain(value: Any) -> Any:
+    from trainer_core.checkpoint import to_plain
+
+    return to_plain(value)
+
+
+def _flat(config: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(config, Mapping):
+        return {prefix: config} if prefix else {}
+    flat: dict[str, Any] = {}
+    for key, value in config.items():
+        flat.update(_flat(value, f"{prefix}.{key}" if prefix else str(key)) or {f"{prefix}.{key}": value})
+    return flat
+
+
+def _differing_keys(saved: Any, current: Any) -> list[str]:
+    if saved is None or current is None:
+        return []
+    before, after = _flat(saved), _flat(current)
+    return sorted(k for k in set(before) | set(after) if before.get(k, ...) != after.get(k, ...))
+
+
 class Preemption:
     """The trainer's signal recorder: installed during `fit` on the main thread, restored after."""
 
-    def __init__(self, config: PreemptionSignals | None = None) -> None:
+    def __init__(self, config: PreemptionSignals | None = None, run_config: RunConfig | None = None) -> None:
         self.config = config or PreemptionSignals()
+        self.run_config = run_config
         self.config.numbers()  # a bad signal name fails when the Trainer is built, not in fit
         self.received: int | None = None  # the first stop signal of this fit
         self._sigint_count = 0
@@ -86,7 +155,8 @@ class Preemption:
         """The `PreemptionSignals` among `Trainer(plugins=...)` (one or a list), else the defaults."""
         items = plugins if isinstance(plugins, list | tuple) else [plugins]
         configs = [item for item in items if isinstance(item, PreemptionSignals)]
-        return cls(configs[-1] if configs else None)
+        run_configs = [item for item in items if isinstance(item, RunConfig)]
+        return cls(configs[-1] if configs else None, run_configs[-1] if run_configs else None)
 
     def _record(self, signum: int, frame: FrameType | None) -> None:
         # Only bookkeeping here: the loop saves at the next step boundary, outside the handler.

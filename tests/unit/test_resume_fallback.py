@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -11,6 +12,7 @@ import torch
 import trainer_core as tc
 from tests.unit.helpers import Classifier, loader, quiet_trainer
 from trainer_core import checkpoint as checkpoint_io
+from trainer_core.preemption import RunConfig
 
 
 def _fit_with_checkpoints(tmp_path: Path, epochs: int) -> Path:
@@ -81,3 +83,29 @@ def test_a_checkpoint_without_manifest_is_accepted_when_complete(tmp_path: Path)
     trainer.fit(Classifier(), loader(n=64), ckpt_path=directory / "last.ckpt")
     assert trainer.global_step == 8
     assert torch.load(directory / "last.ckpt", weights_only=True)["global_step"] == 4
+
+
+def _fit_with_config(tmp_path: Path, config: dict[str, Any], epochs: int, **extra: Any) -> tc.Trainer:
+    checkpoint = tc.callbacks.ModelCheckpoint(dirpath=tmp_path / "ckpts", save_last=True)
+    trainer = quiet_trainer(
+        tmp_path,
+        max_epochs=epochs,
+        enable_checkpointing=True,
+        callbacks=[checkpoint],
+        plugins=[RunConfig(config=config, **extra)],
+    )
+    trainer.fit(Classifier(), loader(n=64), ckpt_path="last" if epochs > 1 else None)
+    return trainer
+
+
+def test_a_checkpoint_of_another_config_is_refused_naming_the_differing_keys(tmp_path: Path) -> None:
+    config = {"model": {"lr": 0.1, "hidden": 16}, "data": {"batch_size": 16}}
+    _fit_with_config(tmp_path, config, epochs=1)
+    saved = torch.load(tmp_path / "ckpts" / "last.ckpt", weights_only=True)["run_config"]
+    assert saved["config"] == config and len(saved["config_hash"]) == 64
+    changed = {"model": {"lr": 0.2, "hidden": 16}, "data": {"batch_size": 16, "workers": 2}}
+    with pytest.raises(tc.CheckpointError, match=r"\['data\.workers', 'model\.lr'\].*allow_config_change"):
+        _fit_with_config(tmp_path, changed, epochs=2)
+    trainer = _fit_with_config(tmp_path, changed, epochs=2, allow_config_change=True)
+    assert trainer.global_step == 8
+    assert _fit_with_config(tmp_path, changed, epochs=3).global_step == 12  # now saved with the new config

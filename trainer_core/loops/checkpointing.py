@@ -34,6 +34,9 @@ def dump(trainer: Trainer, weights_only: bool = False) -> dict[str, Any]:
     }
     if not weights_only:
         state.update(_training_state(trainer))
+    run_config = trainer.preemption.run_config
+    if run_config is not None:
+        state["run_config"] = run_config.checkpoint_entry()
     state["hyper_parameters"] = checkpoint_io.to_plain(dict(model.hparams))
     state["hparams_name"] = "hparams"
     datamodule = trainer.datamodule
@@ -182,6 +185,8 @@ def _restore_training_state(trainer: Trainer, state: dict[str, Any], path: str) 
             f"{path} holds weights only (saved with weights_only=True); resume needs a full one, or load "
             "the weights with Module.load_from_checkpoint and start a new fit"
         )
+    if trainer.preemption.run_config is not None:
+        trainer.preemption.run_config.check(state.get("run_config"), path)
     if trainer._dispatch is not None:
         trainer._dispatch.all_callbacks("on_load_checkpoint", state)
     saved_callbacks = state.get("callbacks", {})
