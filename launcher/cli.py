@@ -31,6 +31,7 @@ def conf_dir() -> Path:
     )
 
 
+_stopped: list[LaunchError] = []  # a local run that a stop signal ended cleanly (launcher.local.Stopped)
 _sweep_id: list[str] = []  # the id of the sweep this process runs, fixed by the first call
 
 
@@ -82,9 +83,10 @@ def _register() -> None:
 def _task(cfg: DictConfig) -> None:
     """What Hydra calls once per job (once, or once per sweep point with -m)."""
     from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
 
     from launcher.compose import prepare_run
-    from launcher.local import run_local
+    from launcher.local import Stopped, run_local
 
     hydra_cfg: DictConfig = HydraConfig.get()  # type: ignore[assignment]
     if cfg.get("cluster") is not None:
@@ -93,7 +95,13 @@ def _task(cfg: DictConfig) -> None:
     prepared = prepare_run(cfg, hydra_cfg)
     action = "resuming" if prepared.resumed else "run directory"
     log.info("%s: %s", action, prepared.run_dir)
-    run_local(prepared.run_dir, prepared.job)
+    try:
+        run_local(prepared.run_dir, prepared.job)
+    except Stopped as stopped:
+        if hydra_cfg.mode == RunMode.MULTIRUN:
+            raise  # a stopped sweep job stops the sweep: the next job must not start
+        _stopped.append(stopped)  # reported by `main` once Hydra returns, without Hydra's error banner
+        return
     log.info("done: %s", prepared.run_dir)
 
 
@@ -146,10 +154,16 @@ def main() -> None:
 
         app = hydra.main(config_path=str(conf_dir()), config_name="config", version_base=None)(_task)
         app()
+        if _stopped:
+            raise _stopped[0]
         _submit_queued_sweep()
     except ConfigError as error:
         _fail(str(error), EXIT_CONFIG_ERROR)
     except LaunchError as error:
+        stopped = getattr(error, "exit_code", None)  # launcher.local.Stopped: a clean, resumable stop
+        if stopped is not None:
+            print(f"launch: {error}", file=sys.stderr)
+            sys.exit(stopped)
         _fail(str(error), 1)
     except KeyboardInterrupt:
         _fail("interrupted", 130)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,11 @@ import trainer_core as tc
 
 
 class Classifier(tc.TrainingModule):
-    """A two-layer MLP for `num_classes`-way classification; logs val_loss and val_acc across ranks."""
+    """A two-layer MLP for `num_classes`-way classification; logs val_loss and val_acc across ranks.
+
+    `fail_on_rank` makes that rank raise at the start of training; `step_delay_s` sleeps in every training
+    step (both for demonstrations and tests of failures and preemption).
+    """
 
     def __init__(
         self,
@@ -25,6 +30,7 @@ class Classifier(tc.TrainingModule):
         lr: float = 3e-3,
         weight_decay: float = 1e-4,
         fail_on_rank: int | None = None,
+        step_delay_s: float = 0.0,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -45,6 +51,9 @@ class Classifier(tc.TrainingModule):
             raise RuntimeError(f"model.fail_on_rank={self.global_rank}: this rank fails on purpose")
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        if self.hparams["step_delay_s"]:
+            # A slower step, for demos and tests of preemption: a signal then lands inside training.
+            time.sleep(self.hparams["step_delay_s"])
         features, labels = batch
         loss = F.cross_entropy(self(features), labels)
         self.log("train_loss", loss, prog_bar=True)

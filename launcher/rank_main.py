@@ -17,6 +17,7 @@ import yaml
 
 from launcher import rundir
 from launcher.config import JobConfig
+from launcher.signals import SignalRecorder, signal_name
 from launcher.targets import instantiate
 from launcher.validate import job_from_dict
 
@@ -82,24 +83,40 @@ def build_logger(job: JobConfig, run_dir: Path) -> Any:
     return False
 
 
-def run(run_dir: Path, in_launcher: bool = False) -> None:
+@dataclasses.dataclass
+class Outcome:
+    """How `fit` ended on this rank: "finished", or "preempted" by `stop_signal` with last.ckpt committed."""
+
+    status: str
+    stop_signal: int | None  # the signal that stopped fit (None when it finished)
+    global_step: int
+    job: JobConfig
+
+
+def run(run_dir: Path, in_launcher: bool = False, recorder: SignalRecorder | None = None) -> Outcome:
     """Train the run in run_dir on this rank, resuming from checkpoints/last.ckpt when it exists.
 
     `in_launcher`: called inside the `launch` process, whose console logging is already set up.
+    `recorder`: the stop signals recorded since this process started; one that came before fit stops fit
+    at its first step boundary.
     """
     rank = global_rank()
     setup_logging(run_dir, rank, console=rank == 0 and not in_launcher)
     job = read_job(run_dir)
     import trainer_core as tc
+    from launcher.rank_callbacks import HandOverSignal, WorldSizeCheck
 
     tc.seed_everything(job.seed)
     model = instantiate(job.model)
     datamodule = instantiate(job.data)
+    callbacks = [*build_callbacks(job, run_dir), WorldSizeCheck()]
+    if recorder is not None:
+        callbacks.append(HandOverSignal(recorder))
     trainer = tc.Trainer(
         **dataclasses.asdict(job.trainer),
         default_root_dir=str(run_dir),
         logger=build_logger(job, run_dir),
-        callbacks=build_callbacks(job, run_dir),
+        callbacks=callbacks,
     )
     last_ckpt = run_dir / rundir.LAST_CKPT
     ckpt_path = str(last_ckpt) if last_ckpt.is_file() else None
@@ -107,18 +124,36 @@ def run(run_dir: Path, in_launcher: bool = False) -> None:
         log.info("resuming from %s", ckpt_path)
     log.info("run directory: %s (world size %d)", run_dir, trainer.world_size)
     trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+    status = trainer.state.status
+    stop_signal = trainer.received_signal if status == "preempted" else None
+    if status == "preempted" and trainer.is_global_zero:
+        rundir.update_manifest(
+            run_dir,
+            status="preempted",
+            stop_signal=signal_name(stop_signal),
+            last_committed_step=int(trainer.global_step),
+        )
+    return Outcome(status, stop_signal, int(trainer.global_step), job)
 
 
 def main() -> None:
-    """Entry point of one rank: `python -m launcher.rank_main RUN_DIR`."""
+    """Entry point of one rank: `python -m launcher.rank_main RUN_DIR`.
+
+    A preempted rank exits with code 0: its part is done and last.ckpt is committed; `launch` reads the
+    run's status from run.json.
+    """
     from torch.distributed.elastic.multiprocessing.errors import record
 
     if len(sys.argv) != 2:
         sys.exit("usage: python -m launcher.rank_main RUN_DIR")
     # record() writes this rank's exception and traceback to the error file the elastic agent reads,
     # so `launch` can show which rank failed and why.
-    record(run)(Path(sys.argv[1]).resolve())
+    record(run)(Path(sys.argv[1]).resolve(), recorder=_recorder)
 
+
+# Installed on import, before torch loads: a stop signal sent to a rank that is still starting is recorded,
+# not fatal (SIGUSR2's and SIGTERM's default action ends the process).
+_recorder = SignalRecorder().install() if __name__ == "__main__" else None
 
 if __name__ == "__main__":
     main()
