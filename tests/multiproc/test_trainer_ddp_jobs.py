@@ -47,9 +47,10 @@ save_result(trainer.node_rank)
     calls = [json.loads(line) for line in record.read_text().splitlines()]
     assert sorted(c for c in calls if c.startswith("prepare")) == [f"prepare {r}" for r in preparers]
     assert sorted(c for c in calls if c.startswith("setup")) == ["setup 0", "setup 1"]
-    # every setup comes after every preparation: the barrier held the other rank
-    last_prepare = max(i for i, c in enumerate(calls) if c.startswith("prepare"))
-    assert all(i > last_prepare for i, c in enumerate(calls) if c.startswith("setup"))
+    # each rank's setup comes after the preparation it depends on (its node's, or the job's): it waited
+    for rank in (0, 1):
+        preparer = rank if per_node else 0
+        assert calls.index(f"setup {rank}") > calls.index(f"prepare {preparer}")
 
 
 @pytest.mark.timeout(180)
