@@ -22,7 +22,9 @@ class RankFailure(LaunchError):
 
 
 class Interrupted(LaunchError):
-    """The job was stopped by a signal (Ctrl-C, SIGTERM) before it could save; exit code 130."""
+    """The job was stopped by a signal (a second Ctrl-C) before it could save; exit code 130 (as Ctrl-C)."""
+
+    exit_code = 130
 
 
 class Stopped(LaunchError):
