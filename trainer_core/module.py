@@ -312,6 +312,13 @@ class TrainingModule(HyperparametersMixin, nn.Module):
         """Step `optimizer`; override to change when or how (warm-up by hand, for instance)."""
         optimizer.step(closure=optimizer_closure)
 
+    def lr_scheduler_step(self, scheduler: Any, metric: Any) -> None:
+        """Step `scheduler` (with the monitored `metric` for ReduceLROnPlateau); override for custom ones."""
+        if metric is None:
+            scheduler.step()
+        else:
+            scheduler.step(metric)
+
     def optimizer_zero_grad(self, epoch: int, batch_idx: int, optimizer: Any) -> None:
         """Zero the gradients of `optimizer`."""
         optimizer.zero_grad()

@@ -183,13 +183,6 @@ def test_scalars_device_stats_and_throughput_are_served(finished_run: tuple[Path
 
 
 @pytest.mark.timeout(240)
-@pytest.mark.xfail(
-    strict=True,
-    reason="TensorBoardLogger.resume_from_step writes one SessionLog.START (SummaryWriter's purge_step); "
-    "TensorBoard's loader takes the first START of a run for the session's beginning and purges only on a "
-    "later one, so the points the preempted fit logged after its checkpoint stay (step 9 twice). Fix: write "
-    "a second START at the purge step when the writer opens with purge_step.",
-)
 def test_an_interrupted_and_resumed_run_is_one_series_without_duplicated_steps(
     finished_run: tuple[Path, Board, list[Any]],
 ) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from typing import Any
 
 import torch
@@ -99,10 +100,22 @@ class TensorBoardLogger(Logger):
             from torch.utils.tensorboard import SummaryWriter
 
             os.makedirs(self.log_dir, exist_ok=True)
+            _wait_until_new_files_sort_last(self.log_dir)
             self._experiment = SummaryWriter(
                 log_dir=self.log_dir, purge_step=self._purge_step, **self._writer_kwargs
             )
+            if self._purge_step is not None:
+                self._write_restart_marker(self._experiment, self._purge_step)
         return self._experiment
+
+    @staticmethod
+    def _write_restart_marker(writer: Any, step: int) -> None:
+        # TensorBoard's loader takes a run's first SessionLog.START as its beginning and purges only on a
+        # later one. SummaryWriter(purge_step=...) writes one START; a second at the same step makes the
+        # purge of the earlier run's steps >= `step` happen whichever file the loader reads first.
+        from tensorboard.compat.proto.event_pb2 import Event, SessionLog
+
+        writer._get_file_writer().add_event(Event(step=step, session_log=SessionLog(status=SessionLog.START)))
 
     def resume_from_step(self, step: int) -> None:
         """Continue this folder's events; TensorBoard drops what an earlier run logged at `step` or later.
@@ -192,3 +205,19 @@ def _hparam_value(value: Any) -> Any:
     """What TensorBoard's hparams plugin accepts: bool, int, float, str (and a tensor's number)."""
     plain = to_plain(value)
     return plain if isinstance(plain, bool | int | float | str) else str(plain)
+
+
+def _wait_until_new_files_sort_last(log_dir: str) -> None:
+    """Make sure an event file opened now sorts after every file already in `log_dir`.
+
+    TensorBoard reads a folder's event files in name order, and a name starts with its creation second
+    (`events.out.tfevents.<seconds>.<host>.<pid>.<counter>`). A run resumed within the same second as the
+    previous writer opened could otherwise be read first, and its restart marker would purge nothing.
+    """
+    newest = 0
+    for name in os.listdir(log_dir):
+        parts = name.split(".")
+        if name.startswith("events.out.tfevents.") and len(parts) > 3 and parts[3].isdigit():
+            newest = max(newest, int(parts[3]))
+    while int(time.time()) <= newest:
+        time.sleep(0.05)
