@@ -1,4 +1,4 @@
-"""Fixtures for every tier: restore the environment, destroy leftover process groups, fail on leaked children."""
+"""Fixtures for every tier: restore the environment, end leftover process groups, fail on leaked children."""
 
 from __future__ import annotations
 
