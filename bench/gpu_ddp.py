@@ -66,6 +66,46 @@ def gpt_loss(model: nn.Module, batch: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits.reshape(-1, VOCAB), batch[:, 1:].reshape(-1))
 
 
+class TinyMLP(nn.Module):
+    """The tiny model of the CPU benchmarks (32 -> 64 -> 10): framework overhead dominates its steps."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(32, 64), nn.ReLU(), nn.Linear(64, 10))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+def tiny_loss(model: nn.Module, batch: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(model(batch[:, :32]), batch[:, 32].long())
+
+
+class TinySamples(Dataset[torch.Tensor]):
+    """20,000 rows of 32 features and a class label in the last column."""
+
+    def __init__(self) -> None:
+        generator = torch.Generator().manual_seed(0)
+        features = torch.randn(20_000, 32, generator=generator)
+        labels = torch.randint(0, 10, (20_000, 1), generator=generator).float()
+        self.data = torch.cat([features, labels], dim=1)
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return self.data[i]
+
+
+def workload(
+    args: argparse.Namespace,
+) -> tuple[nn.Module, Callable[..., torch.Tensor], Dataset[torch.Tensor]]:
+    """The model, its loss and its data for `--model`."""
+    if args.model == "tiny":
+        return TinyMLP(), tiny_loss, TinySamples()
+    return GPT(seq=args.seq), gpt_loss, RandomTokens(args.batch * 64, args.seq)
+
+
 class RandomTokens(Dataset[torch.Tensor]):
     """Fixed random token sequences (seeded), so every implementation sees the same data."""
 
@@ -87,11 +127,21 @@ class StepClock:
 
     def after_step(self, step: int) -> None:
         if step == self.warmup:
-            torch.cuda.synchronize()
+            synchronize()
             self.start = time.perf_counter()
         elif step == self.warmup + self.steps:
-            torch.cuda.synchronize()
+            synchronize()
             self.seconds = time.perf_counter() - self.start
+
+
+def synchronize() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def accelerator() -> str:
+    """GPUs when there are any; the CPU (Gloo) path exists so the script can be smoke-tested anywhere."""
+    return "gpu" if torch.cuda.is_available() else "cpu"
 
 
 def run_hand(args: argparse.Namespace, clock: StepClock) -> None:
@@ -100,18 +150,20 @@ def run_hand(args: argparse.Namespace, clock: StepClock) -> None:
     from torch.utils.data.distributed import DistributedSampler
 
     rank, local_rank = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"])
-    dist.init_process_group("nccl")
-    torch.cuda.set_device(local_rank)
-    device = torch.device("cuda", local_rank)
-    model = DDP(GPT(seq=args.seq).to(device), device_ids=[local_rank])
+    on_gpu = accelerator() == "gpu"
+    dist.init_process_group("nccl" if on_gpu else "gloo")
+    device = torch.device("cuda", local_rank) if on_gpu else torch.device("cpu")
+    if on_gpu:
+        torch.cuda.set_device(local_rank)
+    network, loss_fn, dataset = workload(args)
+    model = DDP(network.to(device), device_ids=[local_rank] if on_gpu else None)
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-4)
-    dataset = RandomTokens(args.batch * 64, args.seq)
     loader = DataLoader(dataset, args.batch, sampler=DistributedSampler(dataset), drop_last=True)
     step = 0
     while step < args.warmup + args.steps:
         for batch in loader:
-            with torch.autocast("cuda", dtype=torch.bfloat16):
-                loss = gpt_loss(model, batch.to(device, non_blocking=True))
+            with torch.autocast(device.type, dtype=torch.bfloat16):
+                loss = loss_fn(model, batch.to(device, non_blocking=True))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -127,13 +179,15 @@ def run_hand(args: argparse.Namespace, clock: StepClock) -> None:
 def run_trainer_core(args: argparse.Namespace, clock: StepClock) -> None:
     import trainer_core as tc
 
+    network, loss_fn, dataset = workload(args)
+
     class Module(tc.TrainingModule):
         def __init__(self) -> None:
             super().__init__()
-            self.model = GPT(seq=args.seq)
+            self.model = network
 
         def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
-            loss = gpt_loss(self.model, batch)
+            loss = loss_fn(self.model, batch)
             self.log("train_loss", loss, prog_bar=True)
             return loss
 
@@ -144,9 +198,9 @@ def run_trainer_core(args: argparse.Namespace, clock: StepClock) -> None:
         def on_train_batch_end(self, trainer: Any, *_: Any) -> None:
             clock.after_step(trainer.global_step)
 
-    loader = DataLoader(RandomTokens(args.batch * 64, args.seq), args.batch, shuffle=True, drop_last=True)
+    loader = DataLoader(dataset, args.batch, shuffle=True, drop_last=True)
     trainer = tc.Trainer(
-        accelerator="gpu",
+        accelerator=accelerator(),
         devices=int(os.environ["WORLD_SIZE"]),
         strategy="ddp",
         precision="bf16-mixed",
@@ -164,13 +218,15 @@ def run_trainer_core(args: argparse.Namespace, clock: StepClock) -> None:
 def run_lightning(args: argparse.Namespace, clock: StepClock) -> None:
     import lightning.pytorch as pl
 
+    network, loss_fn, dataset = workload(args)
+
     class Module(pl.LightningModule):
         def __init__(self) -> None:
             super().__init__()
-            self.model = GPT(seq=args.seq)
+            self.model = network
 
         def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
-            loss = gpt_loss(self.model, batch)
+            loss = loss_fn(self.model, batch)
             self.log("train_loss", loss, prog_bar=True)
             return loss
 
@@ -181,9 +237,9 @@ def run_lightning(args: argparse.Namespace, clock: StepClock) -> None:
         def on_train_batch_end(self, trainer: Any, *_: Any) -> None:
             clock.after_step(trainer.global_step)
 
-    loader = DataLoader(RandomTokens(args.batch * 64, args.seq), args.batch, shuffle=True, drop_last=True)
+    loader = DataLoader(dataset, args.batch, shuffle=True, drop_last=True)
     trainer = pl.Trainer(
-        accelerator="gpu",
+        accelerator=accelerator(),
         devices=int(os.environ["WORLD_SIZE"]),
         strategy="ddp",
         precision="bf16-mixed",
@@ -208,7 +264,8 @@ IMPLEMENTATIONS: dict[str, Callable[[argparse.Namespace, StepClock], None]] = {
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--impl", choices=sorted(IMPLEMENTATIONS), required=True)
-    parser.add_argument("--batch", type=int, default=16, help="sequences per GPU per step")
+    parser.add_argument("--model", choices=["gpt", "tiny"], default="gpt")
+    parser.add_argument("--batch", type=int, default=16, help="samples per GPU per step")
     parser.add_argument("--seq", type=int, default=512)
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--steps", type=int, default=40)
@@ -222,7 +279,7 @@ def main() -> None:
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if int(os.environ.get("RANK", "0")) == 0:
         samples_per_s = args.batch * world_size * args.steps / clock.seconds
-        record = {"impl": args.impl, "gpus": world_size, "samples_per_s": samples_per_s}
+        record = {"model": args.model, "impl": args.impl, "gpus": world_size, "samples_per_s": samples_per_s}
         with open(args.out, "a") as f:
             f.write(json.dumps(record) + "\n")
         print(json.dumps(record), flush=True)

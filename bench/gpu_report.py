@@ -1,4 +1,4 @@
-"""Summarise `bench/gpu_ddp.py` records: median samples/s per implementation and GPU count, and ratios."""
+"""Summarise `bench/gpu_ddp.py` records: median samples/s per model, implementation and GPU count."""
 
 from __future__ import annotations
 
@@ -9,40 +9,53 @@ import sys
 from collections import defaultdict
 from datetime import date
 
+MODELS = {
+    "gpt": "GPT-like model (12 layers, width 768, seq 512, bf16 autocast, batch 16 per GPU)",
+    "tiny": "tiny MLP (32-64-10, bf16 autocast, batch 64 per GPU)",
+}
+
 
 def machine() -> str:
     try:
-        names = subprocess.run(
+        out = subprocess.run(
             ["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True, text=True
-        ).stdout.split("\n")
-        names = [n for n in names if n.strip()]
-        return f"{len(names)}x {names[0]}" if names else "unknown GPU"
+        ).stdout
     except OSError:
         return "unknown GPU"
+    names = [n.strip() for n in out.splitlines() if n.strip()]
+    return f"{len(names)}x {names[0]}" if names else "unknown GPU"
+
+
+def table(runs: dict[tuple[str, int], list[float]]) -> list[str]:
+    median = {key: statistics.median(values) for key, values in runs.items()}
+    lines = [
+        "| implementation | GPUs | samples/s (median) | runs (min-max) | vs hand DDP | 2-GPU/1-GPU |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for (impl, gpus), value in sorted(median.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+        hand, one_gpu = median.get(("hand", gpus)), median.get((impl, 1))
+        ratio = f"{value / hand:.3f}x" if hand else "-"
+        scaling = f"{value / one_gpu:.3f}x" if gpus > 1 and one_gpu else "-"
+        spread = f"{min(runs[(impl, gpus)]):.1f}-{max(runs[(impl, gpus)]):.1f}"
+        lines.append(f"| {impl} | {gpus} | {value:.1f} | {spread} | {ratio} | {scaling} |")
+    return lines
 
 
 def main(path: str) -> None:
     import torch
 
-    runs: dict[tuple[str, int], list[float]] = defaultdict(list)
+    runs: dict[str, dict[tuple[str, int], list[float]]] = defaultdict(lambda: defaultdict(list))
     with open(path) as f:
         for line in f:
             record = json.loads(line)
-            runs[(record["impl"], record["gpus"])].append(record["samples_per_s"])
-    median = {key: statistics.median(values) for key, values in runs.items()}
+            key = (record["impl"], record["gpus"])
+            runs[record.get("model", "gpt")][key].append(record["samples_per_s"])
     print(
-        f"GPT-like model (12x768, seq 512, bf16 autocast, batch 16/GPU) on {machine()}, "
-        f"torch {torch.__version__}, {date.today()}\n"
+        f"# GPU DDP benchmark\n\n{machine()}, torch {torch.__version__}, {date.today()}; interleaved runs.\n"
     )
-    print("| implementation | GPUs | samples/s (median) | runs (min-max) | vs hand DDP | 2-GPU/1-GPU |")
-    print("| --- | --- | --- | --- | --- | --- |")
-    for (impl, gpus), value in sorted(median.items(), key=lambda kv: (kv[0][1], kv[0][0])):
-        hand = median.get(("hand", gpus))
-        one_gpu = median.get((impl, 1))
-        ratio = f"{value / hand:.3f}x" if hand else "-"
-        scaling = f"{value / one_gpu:.3f}x" if gpus > 1 and one_gpu else "-"
-        spread = f"{min(runs[(impl, gpus)]):.1f}-{max(runs[(impl, gpus)]):.1f}"
-        print(f"| {impl} | {gpus} | {value:.1f} | {spread} | {ratio} | {scaling} |")
+    for model, model_runs in runs.items():
+        print(f"## {MODELS.get(model, model)}\n")
+        print("\n".join(table(model_runs)) + "\n")
 
 
 if __name__ == "__main__":

@@ -10,15 +10,19 @@ export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVL
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 gpus_available=$(python3 -c 'import torch; print(torch.cuda.device_count())')
 impls="hand tc lightning"
+declare -A model_args=([gpt]="" [tiny]="--batch 64 --warmup 50 --steps 400")
 python3 -c 'import lightning' 2>/dev/null || impls="hand tc"
 for rep in $(seq "$reps"); do
     for gpus in 1 2; do
         [ "$gpus" -le "$gpus_available" ] || continue
-        for impl in $impls; do
-            echo "== rep $rep, $gpus GPU(s), $impl"
-            python3 -m torch.distributed.run --standalone --nproc-per-node="$gpus" bench/gpu_ddp.py \
-                --impl "$impl" --out "$out/gpu_ddp.jsonl" >"$out/log-$impl-$gpus-$rep.txt" 2>&1 \
-                || { echo "FAILED: see log-$impl-$gpus-$rep.txt"; tail -20 "$out/log-$impl-$gpus-$rep.txt"; }
+        for model in gpt tiny; do
+            for impl in $impls; do
+                echo "== rep $rep, $gpus GPU(s), $model, $impl"
+                log="$out/log-$model-$impl-$gpus-$rep.txt"
+                python3 -m torch.distributed.run --standalone --nproc-per-node="$gpus" bench/gpu_ddp.py \
+                    --model "$model" --impl "$impl" --out "$out/gpu_ddp.jsonl" ${model_args[$model]} >"$log" 2>&1 \
+                    || { echo "FAILED: see $log"; tail -20 "$log"; }
+            done
         done
     done
 done
