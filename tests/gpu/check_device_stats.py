@@ -17,10 +17,10 @@ def main(out: Path) -> int:
     command = [
         sys.executable, "-m", "launcher.cli",
         "trainer.accelerator=gpu", "trainer.devices=1", "trainer.max_epochs=3", "trainer.log_every_n_steps=5",
-        "callbacks.device_stats=true", f"run.root={out / 'runs'}", "run.id=device-stats",
+        "callbacks.device_stats=true", f"run.root={out / 'runs'}",
     ]  # fmt: skip
     subprocess.run(command, check=True)
-    run_dir = out / "runs" / "default" / "device-stats"
+    (run_dir,) = (out / "runs" / "default").iterdir()
     events = EventAccumulator(str(run_dir / "tb"), size_guidance={"scalars": 0})
     events.Reload()
     found = {tag: max(e.value for e in events.Scalars(tag)) for tag in events.Tags()["scalars"]}
