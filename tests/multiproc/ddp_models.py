@@ -65,7 +65,7 @@ class Regression(tc.TrainingModule):
         return loss
 
     def _evaluate(self, stage: str, batch: Any) -> None:
-        x, y, index = batch
+        index = batch[2]
         if not self.trainer.sanity_checking:
             self.seen[stage].extend(int(i) for i in index)
         values = index.to(torch.float64)

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import torch
 
-from tests.multiproc.ddp_models import IndexedPoints, Regression, loader, quiet_trainer, weights
+from tests.multiproc.ddp_models import Regression, loader, quiet_trainer, weights
 
 RunRanks = Callable[..., Any]  # the `run_ranks` fixture of conftest.py
 
@@ -56,7 +56,9 @@ def test_two_ranks_of_batch_b_train_like_one_process_of_batch_2b(
     script = body(
         """
 model = Regression()
-trainer = quiet_trainer(accelerator={accelerator}, devices=2, max_epochs=2, accumulate_grad_batches={accumulate})
+trainer = quiet_trainer(
+    accelerator={accelerator}, devices=2, max_epochs=2, accumulate_grad_batches={accumulate}
+)
 trainer.fit(model, loader(64, batch_size=4))
 save_result({"weights": weights(model), "world_size": trainer.world_size, "steps": trainer.global_step,
              "device": str(next(model.parameters()).device)})
@@ -76,7 +78,7 @@ save_result({"weights": weights(model), "world_size": trainer.world_size, "steps
         if backend == "nccl":
             assert result["device"] == f"cuda:{rank}"
         for name, values in expected.items():
-            assert torch.allclose(torch.tensor(result["weights"][name]), torch.tensor(values), atol=1e-5), name
+            assert torch.allclose(torch.tensor(result["weights"][name]), torch.tensor(values), atol=1e-5)
 
 
 @pytest.mark.timeout(180)
