@@ -17,7 +17,7 @@ import yaml
 
 from launcher import rundir
 from launcher.config import JobConfig
-from launcher.signals import SignalRecorder, signal_name
+from launcher.signals import SignalRecorder, ignore_from_now, signal_name
 from launcher.targets import instantiate
 from launcher.validate import job_from_dict
 
@@ -149,6 +149,7 @@ def main() -> None:
     # record() writes this rank's exception and traceback to the error file the elastic agent reads,
     # so `launch` can show which rank failed and why.
     record(run)(Path(sys.argv[1]).resolve(), recorder=_recorder)
+    ignore_from_now()  # a signal that comes while the finished rank exits must not fail it
 
 
 # Installed on import, before torch loads: a stop signal sent to a rank that is still starting is recorded,

@@ -70,6 +70,19 @@ class SignalRecorder:
             log.warning("received %s: the job saves last.ckpt at the next step boundary", signal_name(signum))
 
 
+def ignore_from_now(numbers: Iterable[int] = STOP_SIGNALS) -> None:
+    """Ignore stop signals once a rank's work is done (main thread only).
+
+    Python puts back the default action of every signal that has a Python handler when the interpreter
+    shuts down, and the default action of USR2 and TERM ends the process: a late signal (a time-out signal
+    while a finished job exits) would turn a completed task into one killed by a signal. An ignored signal
+    stays ignored through the shutdown.
+    """
+    if threading.current_thread() is threading.main_thread():
+        for number in numbers:
+            signal.signal(number, signal.SIG_IGN)
+
+
 class Forwarder:
     """In `launch`: the first stop signal goes to every rank; a second one kills the ranks at once."""
 

@@ -54,7 +54,7 @@ class SlurmRankJob:
         did not complete, and its requeued run writes the result.
         """
         from launcher import rank_main
-        from launcher.signals import SignalRecorder
+        from launcher.signals import SignalRecorder, ignore_from_now
 
         # Replaces submitit's USR2 handler (see the module docstring): this process owns the signal.
         recorder = SignalRecorder().install()
@@ -63,6 +63,7 @@ class SlurmRankJob:
         if rank_main.global_rank() == 0:
             record_start(run_dir)
         outcome = rank_main.run(run_dir, recorder=recorder)
+        ignore_from_now()
         if outcome.status != "preempted":
             return
         cluster = outcome.job.cluster
