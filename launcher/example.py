@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from pathlib import Path
@@ -13,6 +14,8 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import trainer_core as tc
+
+log = logging.getLogger(__name__)
 
 
 class Classifier(tc.TrainingModule):
@@ -49,6 +52,8 @@ class Classifier(tc.TrainingModule):
         # A deliberate failure on one rank, for tests and demos of how a failed rank is reported.
         if self.hparams["fail_on_rank"] == self.global_rank:
             raise RuntimeError(f"model.fail_on_rank={self.global_rank}: this rank fails on purpose")
+        # Where training (re)starts: a resumed run's first step, in every rank's log.
+        log.info("training starts at step %d (epoch %d)", self.global_step, self.current_epoch)
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         if self.hparams["step_delay_s"]:
