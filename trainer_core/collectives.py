@@ -14,6 +14,19 @@ import torch
 ReduceOp = Literal["sum", "max", "min"]
 
 
+class Pending(Protocol):
+    """A collective started with `all_reduce_async`: `wait()` blocks until it is done on this rank."""
+
+    def wait(self) -> object: ...
+
+
+class Done:
+    """A collective that finished when it started (one process: there is nobody to wait for)."""
+
+    def wait(self) -> bool:
+        return True
+
+
 class Collectives(Protocol):
     """Collective operations among the ranks of one job."""
 
@@ -25,6 +38,13 @@ class Collectives(Protocol):
 
     def all_reduce(self, tensor: torch.Tensor, op: ReduceOp = "sum") -> torch.Tensor:
         """Reduce `tensor` in place over all ranks and return it."""
+        ...
+
+    def all_reduce_async(self, tensor: torch.Tensor, op: ReduceOp = "sum") -> Pending:
+        """Start reducing a CPU `tensor` in place over all ranks; it holds the result once `wait()` returns.
+
+        Every rank must start the same ones in the same order and wait on each before reading `tensor`.
+        """
         ...
 
     def all_gather_object(self, obj: Any) -> list[Any]:
@@ -53,6 +73,9 @@ class SingleProcess:
 
     def all_reduce(self, tensor: torch.Tensor, op: ReduceOp = "sum") -> torch.Tensor:
         return tensor
+
+    def all_reduce_async(self, tensor: torch.Tensor, op: ReduceOp = "sum") -> Pending:
+        return Done()
 
     def all_gather_object(self, obj: Any) -> list[Any]:
         return [obj]

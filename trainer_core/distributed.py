@@ -28,7 +28,7 @@ import torch
 import torch.distributed as dist
 from torch._C._distributed_c10d import Store, TCPStore
 
-from trainer_core.collectives import Collectives, ReduceOp
+from trainer_core.collectives import Collectives, Pending, ReduceOp
 from trainer_core.ddp import (
     DEFAULT_TIMEOUT,
     DDPStrategy,
@@ -107,6 +107,7 @@ class TorchCollectives:
         self.agreement_timeout = agreement_timeout
         self._agreement_group = dist.new_group(backend="gloo", timeout=agreement_timeout)
         self._calls = 0
+        self._cpu_group: Any = None  # the Gloo group of `all_reduce_async`, made at its first use
         self.failure_watch = (
             None if failure_watch_interval is None else _FailureWatch(env, failure_watch_interval)
         )
@@ -129,6 +130,19 @@ class TorchCollectives:
         on_device = tensor.to(self.device)
         dist.all_reduce(on_device, op=_REDUCE_OPS[op])
         return tensor.copy_(on_device)
+
+    def all_reduce_async(self, tensor: torch.Tensor, op: ReduceOp = "sum") -> Pending:
+        """Start reducing a CPU `tensor` in place (see `Collectives.all_reduce_async`).
+
+        It runs on Gloo (the default group when that is Gloo, else a Gloo group with torch's default timeout):
+        a CPU flag never waits for a GPU stream, so reading it costs no host-device sync.
+        """
+        if self._cpu_group is None:
+            gloo = dist.get_backend() == "gloo"
+            self._cpu_group = dist.group.WORLD if gloo else dist.new_group(backend="gloo")
+        work = dist.all_reduce(tensor, op=_REDUCE_OPS[op], group=self._cpu_group, async_op=True)
+        assert work is not None  # async_op=True always returns the work
+        return work
 
     def all_gather_object(self, obj: Any) -> list[Any]:
         """Every rank's `obj`, indexed by rank; a rank that never calls this is a `DistributedError`."""

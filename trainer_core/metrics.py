@@ -11,6 +11,7 @@ writes (`sync_step_values`). The reduction first agrees on the sorted list of `s
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -230,7 +231,8 @@ class MetricStore:
 
     def _accumulate(self, spec: MetricSpec, tensor: torch.Tensor, batch_size: int | None) -> None:
         entry = self._accumulators.get(spec.name)
-        if entry is None or entry[0] is not spec:
+        # An equal spec is one restored from a checkpoint (`load_state_dict`): its sums go on.
+        if entry is None or (entry[0] is not spec and entry[0] != spec):
             entry = (spec, _EpochAccumulator(spec.reduce))
             self._accumulators[spec.name] = entry
         weight = 1.0
@@ -325,11 +327,45 @@ class MetricStore:
         )
 
     # -- reading -------------------------------------------------------------------------------------
-    def reset(self) -> None:
-        """Forget every value (after the sanity check, and between entry points)."""
+    def reset(self, keep_stage: str | None = None) -> None:
+        """Forget every value (after the sanity check, and between entry points); `keep_stage`'s running
+        epoch sums stay (those of a training epoch resumed in its middle)."""
         self._step.clear()
-        self._accumulators.clear()
+        self._accumulators = {n: e for n, e in self._accumulators.items() if e[0].stage == keep_stage}
         self._epoch.clear()
+
+    # -- checkpoints ---------------------------------------------------------------------------------
+    def state_dict(self, stage: str = "train") -> dict[str, Any]:
+        """`stage`'s running epoch sums and counts as plain types and tensors (a checkpoint stores them).
+
+        The values not yet folded are stored as they are, not folded: the resumed run then adds them up in
+        the same order as a run that never stopped, so its epoch values are equal bit for bit.
+        """
+        state: dict[str, Any] = {}
+        for name, (spec, accumulator) in self._accumulators.items():
+            if spec.stage != stage:
+                continue
+            state[name] = {
+                "spec": dataclasses.asdict(spec),
+                "dtype": str(accumulator.dtype).removeprefix("torch.") if accumulator.dtype else None,
+                "pending": [value.detach().cpu() for value in accumulator.pending],
+                "weights": list(accumulator.weights),
+                "total": accumulator.total.detach().cpu() if accumulator.total is not None else None,
+                "weight": accumulator.weight,
+            }
+        return state
+
+    def load_state_dict(self, state: Mapping[str, Any], device: torch.device | None = None) -> None:
+        """Put back what `state_dict` returned (on `device`); the next `self.log` of a name continues it."""
+        for name, saved in state.items():
+            spec = MetricSpec(**saved["spec"])
+            accumulator = _EpochAccumulator(spec.reduce)
+            accumulator.dtype = getattr(torch, saved["dtype"]) if saved["dtype"] else None
+            accumulator.pending = [value.to(device) for value in saved["pending"]]
+            accumulator.weights = list(saved["weights"])
+            accumulator.total = saved["total"].to(device) if saved["total"] is not None else None
+            accumulator.weight = float(saved["weight"])
+            self._accumulators[name] = (spec, accumulator)
 
     def _merged(self, keep: Callable[[MetricSpec], bool]) -> dict[str, tuple[torch.Tensor, int]]:
         merged: dict[str, tuple[torch.Tensor, int]] = {}

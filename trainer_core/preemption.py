@@ -2,10 +2,12 @@
 
 A cluster announces the end of a job with a signal (Slurm's `--signal=USR2@120`, or SIGTERM before a kill);
 locally the user presses Ctrl-C. Saving inside a signal handler can deadlock (the handler may interrupt a
-collective or a half-written file), so the handler only records the signal. The fit loop asks `agreed()` at
-each step boundary: every rank takes part in one small all-reduce, so all of them stop at the same step,
+collective or a half-written file), so the handler only records the signal. The fit loop checks at each
+step boundary, at each epoch start and between validation batches (`StopVotes`): every rank takes part in
+one small asynchronous all-reduce per check, read at the next check, so all of them stop at the same point,
 save `last.ckpt` together through the normal atomic path, and `fit` returns with
-`trainer.state.status == "preempted"`. Requeueing the job is the launcher's business: it reads
+`trainer.state.status == "preempted"`. A validation interrupted this way runs again from its start on
+resume. Requeueing the job is the launcher's business: it reads
 `trainer.received_signal`.
 
 USR2, not USR1, is the default: NCCL and some MPI stacks use USR1 themselves. A second Ctrl-C raises
@@ -30,14 +32,12 @@ import threading
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import FrameType
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
+from trainer_core.collectives import Collectives, Pending, SingleProcess
 from trainer_core.errors import CheckpointError, MisconfigurationError
-
-if TYPE_CHECKING:
-    from trainer_core.trainer import Trainer
 
 log = logging.getLogger(__name__)
 
@@ -149,6 +149,7 @@ class Preemption:
         self.received: int | None = None  # the first stop signal of this fit
         self._sigint_count = 0
         self._previous: dict[int, Any] = {}
+        self.votes = StopVotes(self, SingleProcess())
 
     @classmethod
     def from_plugins(cls, plugins: Any) -> Preemption:
@@ -183,17 +184,69 @@ class Preemption:
                 signal.signal(number, previous)
             self._previous.clear()
 
-    def agreed(self, trainer: Trainer) -> bool:
-        """Whether any rank received a stop signal; every rank must call this at the same points.
-
-        With one process no collective; with several, one all-reduce of a single number.
-        """
-        local = self.received is not None
-        if trainer.world_size == 1:
-            return local
-        votes = torch.tensor([1.0 if local else 0.0], device=trainer.device)
-        return bool(trainer.collectives.all_reduce(votes, "max").item() > 0)
+    def start_votes(self, collectives: Collectives) -> StopVotes:
+        """A fresh agreement for one `fit` (`self.votes`), every rank voting with this recorder's signal."""
+        self.votes = StopVotes(self, collectives)
+        return self.votes
 
     def describe(self) -> str:
         """The received signal's name, for messages."""
         return signal.Signals(self.received).name if self.received is not None else "none"
+
+
+class StopVotes:
+    """The ranks' agreement on a stop signal: one small all-reduce per check, read at the next check.
+
+    A blocking all-reduce at every training step costs a round trip between the ranks each step (with Gloo on
+    a busy CPU, about as long as a tiny step). Instead, each check starts this check's vote asynchronously
+    and reads the previous check's, which finished long ago: the ranks learn of a signal one check late, but
+    all of them at the same check, since they read the same vote. Once a vote says stop, `agreed` stays True
+    (no further votes); the loop acts on it at the first point where it may stop (not inside a gradient
+    accumulation window). Every rank must call `check`, `check_now` and `drain` at the same points, so that
+    all of them start the same votes; `drain` at the end of a fit leaves none running. With one process
+    there is nobody to wait for: a check reads its own vote at once.
+    """
+
+    def __init__(self, recorder: Preemption, collectives: Collectives) -> None:
+        self.recorder = recorder
+        self.collectives = collectives
+        self.agreed = False
+        self._pending: tuple[Pending, torch.Tensor] | None = None
+        self._flags = (torch.zeros(1), torch.zeros(1))  # two votes at most are in flight: reuse their tensors
+        self._started = 0
+
+    def check(self) -> bool:
+        """At a check point every rank reaches alike: start this vote, read the previous one."""
+        if self.agreed:
+            return True
+        vote = self._start()
+        if self.collectives.world_size == 1:
+            return self._read(vote)
+        previous, self._pending = self._pending, vote
+        return self._read(previous)
+
+    def check_now(self) -> bool:
+        """A vote read at once (one blocking round trip): for rare points such as an epoch's start."""
+        self.drain()
+        if not self.agreed:
+            self._pending = self._start()
+            self.drain()
+        return self.agreed
+
+    def drain(self) -> bool:
+        """Wait for the vote in flight, if any, so that none is left running; return `agreed`."""
+        previous, self._pending = self._pending, None
+        return self._read(previous)
+
+    def _start(self) -> tuple[Pending, torch.Tensor]:
+        flag = self._flags[self._started % 2]
+        self._started += 1
+        flag.fill_(1.0 if self.recorder.received is not None else 0.0)
+        return self.collectives.all_reduce_async(flag, "max"), flag
+
+    def _read(self, vote: tuple[Pending, torch.Tensor] | None) -> bool:
+        if vote is not None:
+            handle, flag = vote
+            handle.wait()
+            self.agreed = self.agreed or bool(flag.item() > 0)
+        return self.agreed

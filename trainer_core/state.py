@@ -29,6 +29,10 @@ class LoopProgress:
     end (steps the epoch schedulers) and starts the next epoch. A checkpoint written mid-epoch records
     `epoch_batches`, the batch index to continue from; `extra` holds later loop state (a sampler's position,
     for instance) is added without changing these fields.
+
+    `validation_pending` says that a stop signal interrupted the validation that runs after batch
+    `epoch_batches - 1`: resume runs that validation again from its start, with the RNG states captured when
+    it first started (`rng_at_validation_start`, which the checkpoint stores as its `rng_states`).
     """
 
     epoch: int = 0  # the epoch running, or the next one to run
@@ -39,7 +43,10 @@ class LoopProgress:
     accumulated_batches: int = 0  # batches whose gradients wait for the next optimizer step
     epoch_batches_done: bool = False  # `epoch`'s batch loop has finished
     shuffle_seed: int | None = None  # the per-epoch shuffle order's seed (order = f(seed + epoch))
+    validation_pending: bool = False  # a validation was interrupted; resume runs it again before training
     extra: dict[str, Any] = field(default_factory=dict)
+    # Not stored as a loop counter: the RNG states when the running validation started.
+    rng_at_validation_start: dict[str, Any] | None = field(default=None, repr=False, compare=False)
 
     def start_epoch(self) -> None:
         """Reset the within-epoch counters at the start of `epoch`."""
@@ -59,7 +66,9 @@ class LoopProgress:
 
     def state_dict(self) -> dict[str, Any]:
         """Plain types only, so `torch.load(weights_only=True)` reads it."""
-        return dataclasses.asdict(self)
+        state = dataclasses.asdict(dataclasses.replace(self, rng_at_validation_start=None))
+        del state["rng_at_validation_start"]
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Take back what `state_dict` returned; unknown keys (from a newer version) are kept in `extra`."""

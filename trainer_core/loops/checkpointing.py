@@ -8,6 +8,8 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import torch
+
 from trainer_core import checkpoint as checkpoint_io
 from trainer_core import optim, seed
 from trainer_core.errors import CheckpointError, MisconfigurationError
@@ -53,21 +55,66 @@ def dump(trainer: Trainer, weights_only: bool = False) -> dict[str, Any]:
 
 def _training_state(trainer: Trainer) -> dict[str, Any]:
     callbacks = {cb.state_key: cb.state_dict() for cb in trainer.callbacks}
+    progress = trainer.progress
+    # Inside an interrupted validation, resume runs it again: from the RNG states it started with.
+    rng = progress.rng_at_validation_start if progress.validation_pending else None
     return {
         "optimizer_states": [optimizer.state_dict() for optimizer in trainer.optimizers],
         "lr_schedulers": optim.scheduler_states(trainer.lr_scheduler_configs),
         "callbacks": {key: value for key, value in callbacks.items() if value},
         "precision": trainer.precision_plugin.state_dict() if trainer.precision_plugin is not None else {},
-        "rng_states": seed.capture_rng_state(),
-        # Where the epoch's order stands; the loop progress holds the same numbers and is what resume reads.
-        "sampler": {
-            "shuffle_seed": trainer.progress.shuffle_seed,
-            "epoch": trainer.progress.epoch,
-            "batch_index": trainer.progress.epoch_batches,
+        "rng_states": rng if rng is not None else seed.capture_rng_state(),
+        "sampler": _sampler_state(trainer),
+        # The training epoch's running metric sums of every rank (a collective: every rank saves).
+        "metrics": {
+            "world_size": trainer.world_size,
+            "ranks": trainer.collectives.all_gather_object(trainer._metrics.state_dict("train")),
         },
         # The metrics callbacks and monitored schedulers read, so a resumed run starts where it stopped.
         "callback_metrics": {k: v.detach().cpu() for k, v in trainer.callback_metrics.items()},
     }
+
+
+def _sampler_state(trainer: Trainer) -> dict[str, Any]:
+    """Where the epoch's order stands (the loop progress holds the batch index, which resume reads).
+
+    `samples_seen` counts the epoch's samples over all ranks and `order` names the epoch's global order: with
+    both, a mid-epoch position carries over to another number of ranks (`_carry_position`).
+    """
+    progress, loader = trainer.progress, trainer.train_dataloader
+    batch_size = getattr(loader, "batch_size", None)
+    seen = progress.epoch_batches * batch_size * trainer.world_size if batch_size else None
+    return {
+        "shuffle_seed": progress.shuffle_seed,
+        "epoch": progress.epoch,
+        "batch_index": progress.epoch_batches,
+        "world_size": trainer.world_size,
+        "samples_seen": seen,
+        "order": sample_order(loader, progress.shuffle_seed),
+    }
+
+
+def sample_order(loader: Any, shuffle_seed: int | None) -> list[Any] | None:
+    """The epoch's order over all ranks, as `["shuffle", seed]` or `["sequential"]`; None when unknown.
+
+    The trainer's seeded shuffle (`EpochShuffleSampler`, one rank) and a `DistributedSampler` with the same
+    seed draw the same permutation of the dataset, and rank r of W reads its positions r, r + W, ...: the
+    samples seen so far are the first `samples_seen` of it, whatever the number of ranks.
+    """
+    from torch.utils.data import DistributedSampler, RandomSampler, SequentialSampler
+
+    from trainer_core.loops.data import EpochShuffleSampler, _unseeded_shuffle
+
+    sampler = getattr(loader, "sampler", None)
+    if type(sampler) is DistributedSampler:
+        return ["shuffle", int(sampler.seed)] if sampler.shuffle else ["sequential"]
+    if isinstance(sampler, EpochShuffleSampler):
+        return ["shuffle", sampler.seed]
+    if type(sampler) is RandomSampler and _unseeded_shuffle(sampler) and shuffle_seed is not None:
+        return ["shuffle", shuffle_seed]  # one rank, before fit makes it an EpochShuffleSampler
+    if type(sampler) is SequentialSampler:
+        return ["sequential"]
+    return None
 
 
 def last_path(trainer: Trainer) -> Path:
@@ -198,6 +245,8 @@ def _restore_training_state(trainer: Trainer, state: dict[str, Any], path: str) 
     if trainer.precision_plugin is not None:
         trainer.precision_plugin.load_state_dict(state.get("precision", {}))
     trainer.progress.load_state_dict(state["loops"])
+    _carry_position(trainer, state.get("sampler", {}), path)
+    _restore_metric_sums(trainer, state.get("metrics"))
     trainer._restored_rng = state.get("rng_states")
     trainer._restored_metrics = dict(state.get("callback_metrics", {}))
     trainer._metrics.restore(trainer._restored_metrics)
@@ -227,3 +276,76 @@ def estimated_stepping_batches(trainer: Trainer) -> int | float:
     if s.max_steps != -1:
         total = min(total, s.max_steps)
     return int(total) if total != math.inf else math.inf
+
+
+def _carry_position(trainer: Trainer, sampler: dict[str, Any], path: str) -> None:
+    """A mid-epoch position written by another number of ranks, in this run's batches; else an error.
+
+    Exact when the epoch's global order is the same (the same seeded shuffle, or sequential) and the samples
+    seen split into whole batches of every rank: the epoch then goes on with the samples not seen yet, none
+    skipped or repeated (DistributedSampler's padding of a dataset that does not divide by the number of
+    ranks aside). The weights cannot equal a run that never changed its number of ranks: each step averages
+    the gradients of another number of samples.
+    """
+    progress, saved = trainer.progress, sampler.get("world_size")
+    if saved is None or saved == trainer.world_size or not progress.resumes_mid_epoch:
+        return
+    batch_size = getattr(trainer.train_dataloader, "batch_size", None)
+    seen: int | None = sampler.get("samples_seen")
+    per_step = (batch_size or 0) * trainer.world_size
+    order = sample_order(trainer.train_dataloader, progress.shuffle_seed)
+    problem = None
+    if progress.accumulated_batches:
+        problem = "it was written inside a gradient accumulation window"
+    elif order is None or order != sampler.get("order"):
+        problem = f"the epoch's sample order differs (saved {sampler.get('order')}, now {order})"
+    elif not seen or not per_step or seen % per_step:
+        problem = f"its {seen} samples seen do not split into batches of {batch_size} on each rank"
+    if problem is not None:
+        raise CheckpointError(
+            f"{path} was written by {saved} rank(s) in the middle of epoch {progress.epoch}; this run has "
+            f"{trainer.world_size} rank(s) and cannot continue that position: {problem}. Resume with "
+            f"{saved} rank(s), or from a checkpoint written at an epoch end"
+        )
+    batches = int(seen or 0) // per_step
+    progress.total_batches += batches - progress.epoch_batches
+    progress.epoch_batches = batches
+    log.info(
+        "%s was written by %d rank(s) after %d samples of epoch %d; %d rank(s) go on from batch %d",
+        path, saved, seen, progress.epoch, trainer.world_size, batches,
+    )  # fmt: skip
+
+
+def _restore_metric_sums(trainer: Trainer, saved: dict[str, Any] | None) -> None:
+    """This rank's running training-epoch sums; from another number of ranks, all of them on rank zero."""
+    if not saved or not saved.get("ranks"):
+        return
+    states: list[dict[str, Any]] = saved["ranks"]
+    if saved.get("world_size") == trainer.world_size:
+        mine = states[trainer.global_rank]
+    else:  # exact for sync_dist metrics (their sums add up over ranks); rank-local ones are approximate
+        mine = _merged_metric_sums(states) if trainer.global_rank == 0 else {}
+    trainer._metrics.load_state_dict(mine, trainer.device)
+
+
+def _merged_metric_sums(states: list[dict[str, Any]]) -> dict[str, Any]:
+    merged: dict[str, Any] = {}
+    for state in states:
+        for name, entry in state.items():
+            if name not in merged:
+                merged[name] = {**entry, "pending": list(entry["pending"]), "weights": list(entry["weights"])}
+                continue
+            into = merged[name]
+            into["pending"] += entry["pending"]
+            into["weights"] += entry["weights"]
+            into["weight"] += entry["weight"]
+            into["total"] = _combined(into["total"], entry["total"], entry["spec"]["reduce"])
+    return merged
+
+
+def _combined(a: torch.Tensor | None, b: torch.Tensor | None, reduce: str) -> torch.Tensor | None:
+    if a is None or b is None:
+        return a if b is None else b
+    if reduce == "max":
+        return torch.maximum(a, b)
+    return torch.minimum(a, b) if reduce == "min" else a + b

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -38,11 +39,19 @@ class ModesKept:
 
 
 class EvaluationLoop:
-    """One pass over the validation (or test) dataloaders; returns one metric dict per dataloader."""
+    """One pass over the validation (or test) dataloaders; returns one metric dict per dataloader.
 
-    def __init__(self, trainer: Trainer, kind: str) -> None:
+    With `stop_check` (fit's validation), the loop asks it between batches whether to stop (a preemption
+    signal); when it says so, the pass ends there with `interrupted` set, skipping the epoch end and the end
+    hooks. Every rank asks at the same batch indices: only before the last batch that every rank has (the
+    ranks' shares of the data can differ by a batch), agreed once when the pass starts.
+    """
+
+    def __init__(self, trainer: Trainer, kind: str, stop_check: Callable[[], bool] | None = None) -> None:
         self.trainer = trainer
         self.kind = kind
+        self.stop_check = stop_check
+        self.interrupted = False
         self.prefix, self.running = _KINDS[kind]
         self.stage = kind  # the metric stage: sanity-check values never mix with validation ones
         self.module = trainer.lightning_module
@@ -66,18 +75,36 @@ class EvaluationLoop:
                 dispatch.fire(f"on_{self.prefix}_start")
                 metrics.begin_epoch(self.stage)
                 dispatch.fire(f"on_{self.prefix}_epoch_start")
-                outputs = [
-                    self._run_dataloader(idx, loader, limit)
-                    for idx, (loader, limit) in enumerate(self.loaders)
-                ]
+                outputs = []
+                for idx, ((loader, limit), checks) in enumerate(zip(self.loaders, self._check_counts())):
+                    outputs.append(self._run_dataloader(idx, loader, limit, checks))
+                    if self.interrupted:
+                        return []
                 values = self._end_epoch(outputs)
                 dispatch.fire(f"on_{self.prefix}_end")
         finally:
             modes.restore()
             trainer._running, metrics.stage = previous_running, previous_stage
+            metrics.dataloader_suffix = ""
         return self._results(values)
 
-    def _run_dataloader(self, dataloader_idx: int, loader: Any, limit: int | float) -> list[Any]:
+    def _check_counts(self) -> list[int | float]:
+        """Per dataloader: after how many of its first batches to ask `stop_check` (the same on every rank).
+
+        A check is pointless after the last batch (the pass ends anyway), and a rank with a batch more than
+        the others must not make a check they do not make: the smallest count of batches of any rank, minus
+        one. One blocking all-reduce per validation pass agrees on it.
+        """
+        if self.stop_check is None:
+            return [0] * len(self.loaders)
+        counts = torch.tensor([float(limit) for _, limit in self.loaders], dtype=torch.float64)
+        if self.trainer.world_size > 1 and len(counts):
+            counts = self.trainer.collectives.all_reduce(counts, "min")
+        return [count - 1 for count in counts.tolist()]
+
+    def _run_dataloader(
+        self, dataloader_idx: int, loader: Any, limit: int | float, checks: int | float
+    ) -> list[Any]:
         trainer, dispatch, metrics = self.trainer, self.trainer._dispatch, self.trainer._metrics
         assert dispatch is not None
         several = len(self.loaders) > 1
@@ -100,6 +127,9 @@ class EvaluationLoop:
             dispatch.fire(f"on_{self.prefix}_batch_end", output, batch, batch_idx, *extra)
             if self._collect:
                 outputs.append(output)
+            if batch_idx < checks and self.stop_check is not None and self.stop_check():
+                self.interrupted = True
+                break
         metrics.dataloader_suffix = ""
         return outputs
 

@@ -20,6 +20,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+# What happens after a training batch: go on, end the epoch (should_stop, max_steps), or stop for a signal.
+CONTINUE, END_EPOCH, PREEMPTED = "continue", "end_epoch", "preempted"
+
 
 class FitLoop:
     """Runs `fit` after setup; every counter lives in `trainer.progress` so a checkpoint captures it."""
@@ -49,6 +52,7 @@ class FitLoop:
     def run(self) -> None:
         trainer, dispatch = self.trainer, self.dispatch
         assert dispatch is not None
+        self.votes = trainer.preemption.start_votes(trainer.collectives)
         start_loggers(trainer, resumed=getattr(trainer, "ckpt_path", None) is not None)
         dispatch.fire("on_fit_start")
         self._sanity_check()
@@ -64,8 +68,10 @@ class FitLoop:
         trainer._running = "train"
         dispatch.fire("on_train_start")
         while not self.done:
-            if self._preempted() or self._run_epoch():
+            # A signal at an epoch end (or before fit) is acted on at once: one blocking vote per epoch.
+            if self._preempted(at_once=True) or self._run_epoch():
                 return  # saved to last.ckpt; the end hooks are for a fit that finished
+        self.votes.drain()
         trainer._running = "train"
         dispatch.fire("on_train_end")
         dispatch.fire("on_fit_end")
@@ -100,8 +106,9 @@ class FitLoop:
         EvaluationLoop(trainer, "sanity_check").run()
         self.dispatch.callbacks("on_sanity_check_end")
         trainer._running = None
-        # Nothing the sanity check logged counts; metrics restored from a checkpoint come back.
-        self.metrics.reset()
+        # Nothing the sanity check logged counts; metrics restored from a checkpoint come back (and the
+        # running sums of an epoch resumed in its middle stay).
+        self.metrics.reset(keep_stage="train")
         self.metrics.restore(trainer._restored_metrics)
 
     # -- one epoch --------------------------------------------------------------------------------------
@@ -112,10 +119,10 @@ class FitLoop:
         start = progress.epoch_batches if progress.resumes_mid_epoch else 0
         if not start:
             progress.start_epoch()
+            self.metrics.begin_epoch("train")  # mid-epoch, the restored running sums go on
         _set_epoch(trainer.train_dataloader, progress.epoch)
         skips_by_index = start_loader_at(trainer.train_dataloader, start)
         self.metrics.stage = "train"
-        self.metrics.begin_epoch("train")
         dispatch.fire("on_train_epoch_start")
         outputs: list[Any] = []
         waiting_since = time.perf_counter()  # data wait: from the end of one batch to the next one's arrival
@@ -124,22 +131,42 @@ class FitLoop:
         ):
             trainer.last_data_wait_s = time.perf_counter() - waiting_since
             self._resume_point()
-            if self._run_batch(batch_idx, batch, is_last, outputs):
-                break
-            validated = self._should_validate(batch_idx, is_last)
-            if validated:
-                self._validate()
-            if (trainer.should_stop and self._min_steps_reached) or self._max_steps_reached():
-                if not validated and not is_last and self._validates_this_epoch():
-                    self._validate()  # a run stopped by max_steps still validates its last weights
-                break
-            if self._preempted():
+            outcome = self._pending_validation()
+            if outcome == CONTINUE:
+                if self._run_batch(batch_idx, batch, is_last, outputs):
+                    break
+                outcome = self._after_batch(batch_idx, is_last)
+            if outcome == PREEMPTED:
                 return True
+            if outcome == END_EPOCH:
+                break
             waiting_since = time.perf_counter()
-        self._resume_point()
+        else:
+            self._resume_point()
+            if self._pending_validation() == PREEMPTED:
+                return True
         progress.epoch_batches_done = True
         self._end_epoch(outputs)
         return False
+
+    def _after_batch(self, batch_idx: int, is_last: bool, validate: bool = False) -> str:
+        """Validation when due, then the stop rules (should_stop, max_steps) and the preemption check."""
+        validated = validate or self._should_validate(batch_idx, is_last)
+        if validated and self._validate():
+            return PREEMPTED
+        if (self.trainer.should_stop and self._min_steps_reached) or self._max_steps_reached():
+            if not validated and not is_last and self._validates_this_epoch():
+                # A run stopped by max_steps still validates its last weights.
+                return PREEMPTED if self._validate() else END_EPOCH
+            return END_EPOCH
+        return PREEMPTED if self._preempted() else CONTINUE
+
+    def _pending_validation(self) -> str:
+        """After a resume from inside a validation: run it again from its start, then go on as after it."""
+        if not self.progress.validation_pending:
+            return CONTINUE
+        batches = self.progress.epoch_batches
+        return self._after_batch(batches - 1, batches >= self.trainer.num_training_batches, validate=True)
 
     # -- resume and preemption ----------------------------------------------------------------------------
     def _resume_point(self) -> None:
@@ -162,26 +189,36 @@ class FitLoop:
             self.progress.shuffle_seed = chosen
         return self.progress.shuffle_seed
 
-    def _preempted(self) -> bool:
-        """At a step boundary: when any rank got a stop signal, save `last.ckpt` together; True then.
+    def _preempted(self, at_once: bool = False) -> bool:
+        """At a step boundary: when the ranks agree on a stop signal, save `last.ckpt` together; True then.
 
-        A gradient-accumulation window is finished first: its partial gradients are per-rank state that a
-        checkpoint written by rank zero cannot hold, and the window is at most a few batches.
+        Every rank votes at every boundary (`StopVotes`); an agreed stop waits for the end of a gradient
+        accumulation window: its partial gradients are per-rank state that a checkpoint written by rank zero
+        cannot hold, and the window is at most a few batches.
         """
-        trainer = self.trainer
-        if self.progress.accumulated_batches or not trainer.preemption.agreed(trainer):
+        agreed = self.votes.check_now() if at_once else self.votes.check()
+        if not agreed or not self._may_stop():
             return False
+        self._save_and_stop()
+        return True
+
+    def _may_stop(self) -> bool:
+        return self.progress.accumulated_batches == 0
+
+    def _save_and_stop(self) -> None:
+        trainer = self.trainer
+        self.votes.drain()
         path = checkpointing.save_last(trainer)
         trainer.state.status = "preempted"
         log.warning(
-            "Stop signal %s: saved %s at epoch %d, step %d; fit returns, and resumes from it with "
+            "Stop signal %s: saved %s at epoch %d, step %d%s; fit returns, and resumes from it with "
             'ckpt_path="last"',
             trainer.preemption.describe(),
             path,
             self.progress.epoch,
             self.progress.global_step,
+            " (inside a validation, which runs again on resume)" if self.progress.validation_pending else "",
         )
-        return True
 
     def _run_batch(self, batch_idx: int, batch: Any, is_last: bool, outputs: list[Any]) -> bool:
         """Train on one batch; True when `on_train_batch_start` returned -1 (end the epoch)."""
@@ -239,10 +276,23 @@ class FitLoop:
         )
         return (counter + 1) % int(every_batch) == 0
 
-    def _validate(self) -> None:
-        EvaluationLoop(self.trainer, "validate").run()
+    def _validate(self) -> bool:
+        """Run a validation; True when a stop signal interrupted it (`last.ckpt` says to run it again)."""
+        progress = self.progress
+        progress.rng_at_validation_start = seed.capture_rng_state()
+        loop = EvaluationLoop(self.trainer, "validate", stop_check=self._stop_inside_validation)
+        loop.run()
         self.trainer._running = "train"
         self.metrics.stage = "train"
+        if loop.interrupted:
+            progress.validation_pending = True
+            self._save_and_stop()
+            return True
+        progress.validation_pending, progress.rng_at_validation_start = False, None
+        return False
+
+    def _stop_inside_validation(self) -> bool:
+        return self.votes.check() and self._may_stop()
 
     # -- the epoch end ----------------------------------------------------------------------------------
     def _end_epoch(self, outputs: list[Any]) -> None:
