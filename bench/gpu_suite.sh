@@ -16,6 +16,8 @@ for rep in $(seq "$reps"); do
     for gpus in 1 2; do
         [ "$gpus" -le "$gpus_available" ] || continue
         for model in gpt tiny; do
+            # The tiny model measures framework overhead, which varies little: one repetition is enough.
+            [ "$model" = tiny ] && [ "$rep" -gt 1 ] && continue
             for impl in $impls; do
                 echo "== rep $rep, $gpus GPU(s), $model, $impl"
                 log="$out/log-$model-$impl-$gpus-$rep.txt"

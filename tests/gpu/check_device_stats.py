@@ -15,7 +15,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 def main(out: Path) -> int:
     command = [
-        sys.executable, "-m", "launcher.cli",
+        sys.executable, "-m", "launcher",
         "trainer.accelerator=gpu", "trainer.devices=1", "trainer.max_epochs=3", "trainer.log_every_n_steps=5",
         "callbacks.device_stats=true", f"run.root={out / 'runs'}",
     ]  # fmt: skip
