@@ -24,6 +24,7 @@ SMALL = [
     "trainer.enable_progress_bar=false",
     "data.num_samples=800",
     "data.batch_size=32",
+    "trainer.log_every_n_steps=5",
     "+model.step_delay_s=0.1",
 ]
 TWO_RANKS = ["trainer.devices=2", *SMALL]
@@ -40,6 +41,17 @@ def assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) 
     assert a.keys() == b.keys()
     for key in a:
         assert torch.equal(a[key], b[key]), key
+
+
+def series(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
+    """Every TensorBoard scalar of the run as (step, value) pairs, in the order they were written."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    accumulator = EventAccumulator(str(run_dir / "tb"))
+    accumulator.Reload()
+    return {
+        tag: [(e.step, e.value) for e in accumulator.Scalars(tag)] for tag in accumulator.Tags()["scalars"]
+    }
 
 
 def wait_for(predicate: Callable[[], object], timeout_s: float, interval_s: float = 0.05) -> bool:
@@ -74,18 +86,24 @@ def finish(process: subprocess.Popen[str], timeout_s: float = 120) -> subprocess
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory: pytest.TempPathFactory) -> dict[str, torch.Tensor]:
-    """The final weights of the same 2-rank run, never interrupted."""
+def reference_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The run directory of the same 2-rank run, never interrupted."""
     cwd = tmp_path_factory.mktemp("reference")
     result = launch(cwd, *TWO_RANKS)
     assert result.returncode == 0, explain(result)
-    return weights(run_dirs(cwd)[0])
+    return run_dirs(cwd)[0]
+
+
+@pytest.fixture(scope="module")
+def reference(reference_run: Path) -> dict[str, torch.Tensor]:
+    """The final weights of the uninterrupted run."""
+    return weights(reference_run)
 
 
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGUSR2, signal.SIGINT])
 def test_a_stop_signal_commits_last_ckpt_and_run_id_resumes_to_the_same_weights(
-    tmp_path: Path, reference: dict[str, torch.Tensor], signum: signal.Signals
+    tmp_path: Path, reference_run: Path, signum: signal.Signals
 ) -> None:
     process = start(tmp_path, *TWO_RANKS)
     run_dir = first_commit(tmp_path)
@@ -108,7 +126,9 @@ def test_a_stop_signal_commits_last_ckpt_and_run_id_resumes_to_the_same_weights(
     resumed = launch(tmp_path, *TWO_RANKS, f"run.id={run_dir.name}")
     assert resumed.returncode == 0, explain(resumed)
     assert manifest(run_dir)["status"] == "completed"
-    assert_same_weights(weights(run_dir), reference)
+    assert_same_weights(weights(run_dir), weights(reference_run))
+    # The same TensorBoard event directory, continued from the restored step: no step twice, none missing.
+    assert series(run_dir) == series(reference_run)
 
 
 @pytest.mark.timeout(300)
