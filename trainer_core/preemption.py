@@ -204,21 +204,23 @@ class StopVotes:
     (no further votes); the loop acts on it at the first point where it may stop (not inside a gradient
     accumulation window). Every rank must call `check`, `check_now` and `drain` at the same points, so that
     all of them start the same votes; `drain` at the end of a fit leaves none running. With one process
-    there is nobody to wait for: a check reads its own vote at once.
+    there is nobody to wait for: a check reads its own vote at once. With no signal configured
+    (`PreemptionSignals(signals=(), handle_sigint=False)`, alike on every rank) there are no votes at all.
     """
 
     def __init__(self, recorder: Preemption, collectives: Collectives) -> None:
         self.recorder = recorder
         self.collectives = collectives
         self.agreed = False
+        self.enabled = bool(recorder.config.numbers())
         self._pending: tuple[Pending, torch.Tensor] | None = None
         self._flags = (torch.zeros(1), torch.zeros(1))  # two votes at most are in flight: reuse their tensors
         self._started = 0
 
     def check(self) -> bool:
         """At a check point every rank reaches alike: start this vote, read the previous one."""
-        if self.agreed:
-            return True
+        if self.agreed or not self.enabled:
+            return self.agreed
         vote = self._start()
         if self.collectives.world_size == 1:
             return self._read(vote)
@@ -228,7 +230,7 @@ class StopVotes:
     def check_now(self) -> bool:
         """A vote read at once (one blocking round trip): for rare points such as an epoch's start."""
         self.drain()
-        if not self.agreed:
+        if not self.agreed and self.enabled:
             self._pending = self._start()
             self.drain()
         return self.agreed
