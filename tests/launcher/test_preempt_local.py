@@ -212,3 +212,20 @@ def test_resume_with_another_world_size_works_at_an_epoch_end_and_is_refused_mid
     assert refused.returncode != 0
     assert "written by 2 rank(s) in the middle of epoch" in refused.stderr, explain(refused)
     assert "Resume with 2 rank(s)" in refused.stderr
+
+
+@pytest.mark.timeout(300)
+def test_one_rank_in_the_launch_process_stops_on_sigusr2_and_resumes(tmp_path: Path) -> None:
+    process = start(tmp_path, *SMALL, "trainer.devices=1")
+    run_dir = first_commit(tmp_path)
+    process.send_signal(signal.SIGUSR2)
+    stopped = finish(process)
+
+    assert stopped.returncode == 128 + signal.SIGUSR2, explain(stopped)
+    assert manifest(run_dir)["status"] == "preempted"
+    step = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["global_step"]
+    assert 20 < step < 60  # 640 samples in batches of 32 on one rank: 20 steps per epoch, 3 epochs
+    resumed = launch(tmp_path, *SMALL, "trainer.devices=1", f"run.id={run_dir.name}")
+    assert resumed.returncode == 0, explain(resumed)
+    assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 60
+    assert f"training starts at step {step}" in (run_dir / "logs" / "rank0.log").read_text()
