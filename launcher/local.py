@@ -110,6 +110,7 @@ def _run_elastic(run_dir: Path, nproc: int) -> int | None:
         agent.start()
         while agent.is_alive():
             agent.join(timeout=0.2)
+            forwarder.follow_up()  # a signal that came while the agent was still starting the ranks
     finally:
         forwarder.restore()
     if forwarder.count > 1:

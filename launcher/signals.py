@@ -22,6 +22,7 @@ import logging
 import os
 import signal
 import threading
+import time
 from collections.abc import Callable, Iterable
 from types import FrameType
 from typing import Any
@@ -31,6 +32,8 @@ log = logging.getLogger(__name__)
 # What stops a job cleanly: USR2 (Slurm's pre-timeout and preemption signal here; not USR1, which NCCL and
 # some MPI stacks use themselves), TERM (what schedulers and `kill` send), INT (Ctrl-C).
 STOP_SIGNALS = (signal.SIGUSR2, signal.SIGTERM, signal.SIGINT)
+# A rank installs its signal recorder within its first fraction of a second (before torch is imported).
+RANK_READY_S = 2.0
 
 
 def signal_name(number: int | None) -> str:
@@ -90,6 +93,7 @@ class Forwarder:
         self._ranks = ranks  # the rank processes' PIDs now (each leads its own process group)
         self.received: int | None = None
         self.count = 0
+        self._signalled: set[int] = set()
         self._previous: dict[int, Any] = {}
 
     def install(self) -> Forwarder:
@@ -112,10 +116,21 @@ class Forwarder:
         else:
             self._kill()
 
+    def follow_up(self) -> None:
+        """Pass a received stop signal on to ranks that were too young for it (call this now and then)."""
+        if self.received is not None and self.count == 1:
+            self._deliver(self.received)
+
+    def _deliver(self, signum: int) -> None:
+        # A rank younger than RANK_READY_S may not have installed its recorder yet, and USR2's and TERM's
+        # default action would kill it: it gets the signal from a later `follow_up`.
+        for pid in set(self._ranks()) - self._signalled:
+            if _age_s(pid) >= RANK_READY_S:
+                self._signalled.add(pid)
+                _quietly(os.kill, pid, signum)
+
     def _send(self, signum: int) -> None:
-        pids = self._ranks()
-        for pid in pids:
-            _quietly(os.kill, pid, signum)
+        self._deliver(signum)
         # The launcher's console output (logging to stderr): the user pressed Ctrl-C and waits for this.
         log.warning(
             "%s: every rank saves last.ckpt at its next step boundary and stops; press Ctrl-C again to stop "
@@ -128,6 +143,16 @@ class Forwarder:
         for pid in self._ranks():
             # The whole group: a rank's data loader workers go with it.
             _quietly(os.killpg, pid, signal.SIGKILL)
+
+
+def _age_s(pid: int) -> float:
+    """Seconds since the process started (0 when it is gone)."""
+    import psutil
+
+    try:
+        return time.time() - float(psutil.Process(pid).create_time())
+    except psutil.Error:
+        return 0.0
 
 
 def _quietly(kill: Callable[[int, int], None], pid: int, signum: int) -> None:
