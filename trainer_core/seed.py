@@ -105,12 +105,11 @@ def seed_worker(worker_id: int, rank: int | None = None) -> None:
 
 
 def _global_rank_from_environment() -> int:
-    # torchrun sets RANK, srun sets SLURM_PROCID; a worker inherits both from its rank's process.
-    for name in ("RANK", "SLURM_PROCID"):
-        value = os.environ.get(name, "")
-        if value.isdigit():
-            return int(value)
-    return 0
+    # The trainer sets the global rank once the layout is known; a DataLoader worker inherits it from its
+    # rank's process. Before that, `rank_zero` reads the launchers' variables.
+    from trainer_core.rank_zero import rank_zero_only
+
+    return int(rank_zero_only.rank)  # type: ignore[attr-defined]
 
 
 def _derive_seeds(base_seed: int, worker_id: int, rank: int, count: int) -> list[int]:

@@ -112,8 +112,10 @@ def test_worker_seeds_differ_per_worker_and_rank_and_repeat() -> None:
     assert _worker_draws(1, 1) == draws[(1, 1)]
 
 
-def test_worker_rank_defaults_to_the_environment() -> None:
-    os.environ["RANK"] = "1"
+def test_worker_rank_defaults_to_the_process_rank(monkeypatch: pytest.MonkeyPatch) -> None:
+    from trainer_core.rank_zero import rank_zero_only
+
+    monkeypatch.setattr(rank_zero_only, "rank", 1)
     from_rank_one = _worker_draws(0, rank=1)
     torch.manual_seed(1000)
     seed_worker(0)
