@@ -1,20 +1,29 @@
-"""Checkpoint files: atomic write and verification, `weights_only` loading, and plain-type hyperparameters.
+"""Checkpoint files: atomic commits on a background thread, verification, `weights_only` loads, hparams.
 
-A checkpoint is a `torch.save`d dict in torch's zip format. `save_atomic` writes it under a temporary name in
-the target's directory, flushes and fsyncs it, checks it and renames it over the target, so a crash or a
-failure at any point leaves either the old file or the new one, never a torn one. The directory is not
-fsynced after the rename: that only matters when the machine itself loses power, and then the name still
-points at the previous complete file, which `verify` accepts; it would double the cost of a small save.
+A checkpoint is a `torch.save`d dict in torch's zip format. `save_atomic` serialises it under a temporary name
+in the target's directory before it returns (so the caller may change its tensors at once); one background
+committer thread then fsyncs that file, checks it, renames it over the target and writes the manifest, in the
+order the saves were made. A crash or a failure at any point leaves either the old file or the new one at the
+target, never a torn one, and at most a temporary file (`.<name>.tmp-<pid>-<id>`) that resume ignores and the
+next commit to that target deletes. Only the fsync and the check move off the caller: they are most of the
+cost of a small save, and nothing in training needs them done before it goes on.
 
-The check is cheap on purpose (a save must cost about what `torch.save` costs): the file's size and the zip
-central directory, which lists every record's size and the CRC-32 that torch computed while writing. A
-manifest beside the checkpoint (`<name>.ckpt.json`) records the size and a SHA-256 of that list, so `verify`
-later detects a truncated, replaced or edited file without unpickling it; `verify(path, deep=True)` also
-re-reads every record against its CRC-32.
+Everything that reads or deletes checkpoints (`load`, `verify`, `newest_verified`, `remove`) and the next save
+to the same path first waits for the pending commits, and a failed commit is raised there as a
+`CheckpointError` naming the file; `wait_for_pending()` does the same on demand (the trainer calls it at the
+end of every stage), and an exit handler waits before the interpreter ends. `save_atomic(..., sync=True)`
+commits before it returns. The directory is not fsynced after the rename: that only matters when the machine
+itself loses power, and then the name still points at the previous complete file, which `verify` accepts.
+
+The check is cheap on purpose: the file's size and the zip central directory, which lists every record's
+size and the CRC-32 that torch computed while writing. A manifest beside the checkpoint (`<name>.ckpt.json`)
+records the size and a SHA-256 of that list, so `verify` later detects a truncated, replaced or edited file
+without unpickling it; `verify(path, deep=True)` also re-reads every record against its CRC-32.
 """
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import dataclasses
 import enum
@@ -23,9 +32,12 @@ import hashlib
 import json
 import logging
 import os
+import queue
+import threading
 import time
 import uuid
 import zipfile
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
@@ -37,31 +49,116 @@ from trainer_core.errors import CheckpointError
 log = logging.getLogger(__name__)
 
 MANIFEST_SUFFIX = ".json"
+_TEMPORARY_MARK = ".tmp-"
 _FIX = "Resume from another checkpoint (an earlier top-k file), or start without ckpt_path."
 
 
-def save_atomic(state: Mapping[str, Any], path: str | os.PathLike[str]) -> None:
-    """Write `state` to `path` atomically: the previous file stays intact unless the new one is complete."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    temporary = target.with_name(f".{target.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+def save_atomic(state: Mapping[str, Any], path: str | os.PathLike[str], *, sync: bool = False) -> None:
+    """Write `state` to `path` atomically: the previous file stays intact unless the new one is complete.
+
+    The state is serialised before this returns; the commit (fsync, check, rename, manifest) follows on the
+    background committer, or here with `sync=True`. A failed earlier commit is raised here first.
+    """
+    target = _key(path)
+    _committer.wait(target)  # at most one pending commit per path, and an earlier failure surfaces here
+    job = _write_temporary(state, target)
+    if sync:
+        _commit(job)
+    else:
+        _committer.submit(job)
+
+
+def wait_for_pending() -> None:
+    """Block until every checkpoint saved so far is committed; raise a failed commit as `CheckpointError`."""
+    _committer.wait()
+
+
+@dataclasses.dataclass
+class _Commit:
+    """A checkpoint serialised to its temporary file, waiting to be made durable and renamed."""
+
+    target: Path
+    temporary: Path
+    file: IO[bytes]  # still open: the committer fsyncs and closes it
+    written: int
+    position: dict[str, int]
+
+
+def _key(path: str | os.PathLike[str]) -> Path:
+    """One spelling per file, so that waits for "ckpts/last.ckpt" and its absolute path are the same wait."""
+    return Path(os.path.abspath(path))
+
+
+def _write_temporary(state: Mapping[str, Any], target: Path) -> _Commit:
+    temporary = target.with_name(f".{target.name}{_TEMPORARY_MARK}{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    file: IO[bytes] | None = None
     try:
-        with open(temporary, "xb") as file:
-            _serialize(state, file)
-            file.flush()
-            os.fsync(file.fileno())  # the bytes are on disk before the name points at them
-            written = file.tell()
-        digest = _check_written(temporary, written)
-        # The old manifest describes the old file: drop it before the new file takes the name.
-        _remove_quietly(manifest_path(target))
-        os.replace(temporary, target)
-    except OSError as error:
-        _remove_quietly(temporary)
-        raise CheckpointError(_write_failed_message(target, error)) from error
-    except BaseException:
-        _remove_quietly(temporary)  # a second Ctrl-C mid-write: the previous file stays as it was
+        target.parent.mkdir(parents=True, exist_ok=True)
+        file = open(temporary, "xb")  # noqa: SIM115 (the committer closes it after the fsync)
+        _serialize(state, file)
+        file.flush()
+        return _Commit(target, temporary, file, file.tell(), _position(state))
+    except BaseException as error:
+        if file is not None:
+            file.close()
+        _discard(temporary)  # a second Ctrl-C mid-write: the previous file stays as it was
+        if isinstance(error, OSError):
+            raise CheckpointError(_write_failed_message(target, error)) from error
         raise
-    _write_manifest(target, written, digest, _position(state))
+
+
+def _commit(job: _Commit) -> None:
+    """Make the temporary file durable, check it and rename it over the target; then write the manifest."""
+    try:
+        try:
+            os.fsync(job.file.fileno())  # the bytes are on disk before the name points at them
+        finally:
+            job.file.close()
+        digest = _check_written(job)
+        _replace(job.temporary, job.target)
+    except Exception as error:
+        _discard(job.temporary)
+        raise _commit_error(job.target, error) from error
+    except BaseException:
+        _discard(job.temporary)
+        raise
+    _write_manifest(job.target, job.written, digest, job.position)
+    _remove_stale_temporaries(job.target)
+
+
+def _replace(temporary: Path, target: Path) -> None:
+    """Rename `temporary` over `target`; the old manifest goes first, and comes back if the rename fails."""
+    manifest = manifest_path(target)
+    try:
+        previous = manifest.read_bytes()
+    except FileNotFoundError:
+        previous = None
+    # The old manifest describes the old file: drop it before the new file takes the name.
+    _remove_quietly(manifest)
+    try:
+        os.replace(temporary, target)
+    except BaseException:
+        if previous is not None:
+            with contextlib.suppress(OSError):
+                manifest.write_bytes(previous)
+        raise
+
+
+def _commit_error(target: Path, error: BaseException) -> CheckpointError:
+    if isinstance(error, CheckpointError):
+        return error
+    if isinstance(error, OSError):
+        return CheckpointError(_write_failed_message(target, error))
+    what = (
+        "the written file does not read back as a torch.save archive"
+        if isinstance(error, zipfile.BadZipFile)
+        else "unexpected error"
+    )
+    return CheckpointError(
+        f"Could not commit checkpoint {str(target)!r}: {what} ({type(error).__name__}: {error}). The "
+        "previous file at that path, if any, is unchanged. Check the file system (disk full, failing "
+        "storage) or choose another dirpath."
+    )
 
 
 def _write_failed_message(target: Path, error: OSError) -> str:
@@ -90,14 +187,15 @@ def _serialize(state: Mapping[str, Any], file: IO[bytes]) -> None:
     torch.save(dict(state), file)
 
 
-def _check_written(path: Path, written: int) -> str:
-    on_disk = path.stat().st_size
-    if on_disk != written:
+def _check_written(job: _Commit) -> str:
+    on_disk = job.temporary.stat().st_size
+    if on_disk != job.written:
         raise CheckpointError(
-            f"Checkpoint {path}: wrote {written} bytes but the file holds {on_disk}. The disk may be full or "
-            "the file system failing; free space or choose another dirpath."
+            f"Could not commit checkpoint {str(job.target)!r}: wrote {job.written} bytes but the file holds "
+            f"{on_disk}. The previous file at that path, if any, is unchanged. The disk may be full or the "
+            "file system failing; free space or choose another dirpath."
         )
-    return _records_digest(path)
+    return _records_digest(job.temporary)
 
 
 def _records_digest(path: Path) -> str:
@@ -108,6 +206,33 @@ def _records_digest(path: Path) -> str:
         raise zipfile.BadZipFile("no data.pkl record: not a torch.save file")
     listing = "\n".join(f"{r.filename}:{r.file_size}:{r.CRC:08x}" for r in records)
     return hashlib.sha256(listing.encode()).hexdigest()
+
+
+def _remove_stale_temporaries(target: Path) -> None:
+    """Delete temporary files of `target` whose writer is gone (a crash or kill -9 mid-save left them)."""
+    prefix = f".{target.name}{_TEMPORARY_MARK}"
+    try:
+        with os.scandir(target.parent) as entries:
+            names = [e.name for e in entries if e.name.startswith(prefix)]
+    except OSError:
+        return  # the checkpoint is committed; a leftover temporary only costs disk space
+    for name in names:
+        if _writer_gone(name[len(prefix) :]):
+            _discard(target.with_name(name))
+
+
+def _writer_gone(suffix: str) -> bool:
+    """Whether the process named in a temporary file's `<pid>-<id>` suffix no longer runs on this host."""
+    pid_text = suffix.partition("-")[0]
+    if not pid_text.isdigit() or int(pid_text) == os.getpid():
+        return False  # ours (another save may be writing it) or not a name we made: leave it
+    try:
+        os.kill(int(pid_text), 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        return False  # alive, under another user
+    return False
 
 
 def _write_manifest(target: Path, size: int, digest: str, position: dict[str, int]) -> None:
@@ -141,8 +266,19 @@ def _remove_quietly(path: Path) -> None:
         path.unlink()
 
 
+def _discard(path: Path) -> None:
+    """Delete a temporary file while already handling a failure: a second error must not hide the first."""
+    with contextlib.suppress(OSError):
+        path.unlink()
+
+
 def remove(path: str | os.PathLike[str]) -> None:
-    """Delete a checkpoint and its manifest (retention of top-k files); a missing file is not an error."""
+    """Delete a checkpoint and its manifest (retention of top-k files); a missing file is not an error.
+
+    Waits for every pending commit first and raises a failed one, so that an old file is deleted only once
+    the file that replaces it is committed.
+    """
+    _committer.wait()
     _remove_quietly(Path(path))
     _remove_quietly(manifest_path(path))
 
@@ -150,10 +286,13 @@ def remove(path: str | os.PathLike[str]) -> None:
 def verify(path: str | os.PathLike[str], deep: bool = False) -> bool:
     """Whether `path` is a complete checkpoint: its size and record list match its manifest.
 
+    Waits for a pending commit to `path` first (and raises a failed commit as `CheckpointError`).
+
     Without a manifest, whether its zip structure is complete. `deep=True` also re-reads every record and
     checks its CRC-32 (a full read of the file, but no unpickling).
     """
     target = Path(path)
+    _committer.wait(_key(target))
     try:
         digest = _records_digest(target)
         manifest = _read_manifest(target)
@@ -175,6 +314,7 @@ def newest_verified(directory: str | os.PathLike[str], exclude: Sequence[str] = 
     Newest by the training position its manifest records (global step, then batches, then commit time);
     files without a manifest count as oldest. Never by modification time, which copies and clock skew break.
     """
+    _committer.wait()  # a commit in flight may be the newest file of the directory
     ranked: list[tuple[tuple[int, int, int], Path]] = []
     for candidate in Path(directory).glob("*.ckpt"):
         if candidate.name in exclude or not candidate.is_file():
@@ -203,8 +343,12 @@ def _read_manifest(target: Path) -> dict[str, Any] | None:
 
 
 def load(path: str | os.PathLike[str], map_location: Any = None) -> dict[str, Any]:
-    """Read a checkpoint with `torch.load(weights_only=True)`; a `CheckpointError` names a bad file."""
+    """Read a checkpoint with `torch.load(weights_only=True)`; a `CheckpointError` names a bad file.
+
+    Waits for a pending commit to `path` first, so a load right after a save sees the new file.
+    """
     target = Path(path)
+    _committer.wait(_key(target))
     if not target.is_file():
         what = "is a directory" if target.is_dir() else "does not exist"
         raise CheckpointError(f"Checkpoint {str(target)!r} {what}. Check the path. {_FIX}")
@@ -262,3 +406,74 @@ def to_plain(obj: Any) -> Any:
 
 def _plain_key(key: Any) -> Any:
     return key if key is None or isinstance(key, str | int | float | bool) else str(key)
+
+
+class _Committer:
+    """One background thread that commits saved checkpoints in the order they were saved (FIFO)."""
+
+    def __init__(self) -> None:
+        self._jobs: queue.SimpleQueue[_Commit] = queue.SimpleQueue()
+        self._changed = threading.Condition()
+        self._pending: Counter[Path] = Counter()  # targets with commits queued or running
+        self._errors: list[CheckpointError] = []  # failed commits not yet raised to a caller
+        self._thread: threading.Thread | None = None
+
+    def submit(self, job: _Commit) -> None:
+        """Queue `job`; its commit follows every commit queued before it."""
+        with self._changed:
+            self._pending[job.target] += 1
+            if self._thread is None:
+                # A daemon, so that an idle committer never holds up exit; the exit handler waits instead.
+                self._thread = threading.Thread(target=self._run, name="checkpoint-committer", daemon=True)
+                self._thread.start()
+        self._jobs.put(job)
+
+    def wait(self, target: Path | None = None) -> None:
+        """Until no commit to `target` (to any file, with None) is pending; then raise failed commits."""
+        with self._changed:
+            if target is None:
+                self._changed.wait_for(lambda: not self._pending)
+            else:
+                self._changed.wait_for(lambda: target not in self._pending)
+            errors, self._errors = self._errors, []
+        if len(errors) == 1:
+            raise errors[0]
+        if errors:
+            raise CheckpointError(f"{len(errors)} checkpoint commits failed: " + " | ".join(map(str, errors)))
+
+    def _run(self) -> None:
+        while True:
+            job = self._jobs.get()
+            failure: CheckpointError | None = None
+            try:
+                _commit(job)
+            except BaseException as error:  # recorded, and the commits queued after it still run
+                failure = _commit_error(job.target, error)
+            with self._changed:
+                if failure is not None:
+                    log.error("%s", failure)
+                    self._errors.append(failure)
+                self._pending[job.target] -= 1
+                if self._pending[job.target] <= 0:
+                    del self._pending[job.target]
+                self._changed.notify_all()
+
+
+_committer = _Committer()
+
+
+def _forget_parent_commits() -> None:
+    """In a forked child (a DataLoader worker): the parent's commits are the parent's; start a fresh queue."""
+    global _committer
+    _committer = _Committer()
+
+
+def _commit_before_exit() -> None:
+    try:
+        wait_for_pending()
+    except CheckpointError as error:
+        log.error("At exit: %s", error)
+
+
+os.register_at_fork(after_in_child=_forget_parent_commits)
+atexit.register(_commit_before_exit)

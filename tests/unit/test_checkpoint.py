@@ -9,6 +9,7 @@ import json
 import os
 import random
 from collections import OrderedDict
+from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -17,9 +18,23 @@ import pytest
 import torch
 
 from trainer_core import checkpoint
-from trainer_core.checkpoint import load, manifest_path, remove, save_atomic, to_plain, verify
+from trainer_core.checkpoint import (
+    load,
+    manifest_path,
+    remove,
+    save_atomic,
+    to_plain,
+    verify,
+    wait_for_pending,
+)
 from trainer_core.errors import CheckpointError
 from trainer_core.seed import capture_rng_state, restore_rng_state, seed_everything
+
+
+@pytest.fixture(autouse=True)
+def _nothing_left_pending() -> Iterator[None]:
+    yield
+    wait_for_pending()  # a commit error a test left unraised fails that test, not the next one
 
 
 def _training_state() -> dict[str, Any]:
@@ -60,12 +75,13 @@ def test_round_trip_of_a_training_state(tmp_path: Path) -> None:
 def test_creates_missing_directories_and_leaves_no_temporary_files(tmp_path: Path) -> None:
     path = tmp_path / "run" / "checkpoints" / "epoch=1.ckpt"
     save_atomic({"a": torch.ones(3)}, path)
+    wait_for_pending()
     assert sorted(p.name for p in path.parent.iterdir()) == ["epoch=1.ckpt", "epoch=1.ckpt.json"]
 
 
 def test_manifest_records_size_and_verify_accepts_the_file(tmp_path: Path) -> None:
     path = tmp_path / "last.ckpt"
-    save_atomic(_training_state(), path)
+    save_atomic(_training_state(), path, sync=True)
     manifest = json.loads(manifest_path(path).read_text())
     assert manifest["size"] == path.stat().st_size
     assert verify(path)
@@ -74,7 +90,7 @@ def test_manifest_records_size_and_verify_accepts_the_file(tmp_path: Path) -> No
 
 def test_verify_rejects_a_truncated_file(tmp_path: Path) -> None:
     path = tmp_path / "last.ckpt"
-    save_atomic(_training_state(), path)
+    save_atomic(_training_state(), path, sync=True)
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])
     assert not verify(path)
@@ -82,14 +98,14 @@ def test_verify_rejects_a_truncated_file(tmp_path: Path) -> None:
 
 def test_verify_rejects_a_file_replaced_behind_the_manifest(tmp_path: Path) -> None:
     path = tmp_path / "last.ckpt"
-    save_atomic({"weights": torch.zeros(100)}, path)
+    save_atomic({"weights": torch.zeros(100)}, path, sync=True)
     torch.save({"weights": torch.ones(100)}, path)  # same size, other content
     assert not verify(path)
 
 
 def test_deep_verify_finds_a_flipped_byte_in_the_tensor_data(tmp_path: Path) -> None:
     path = tmp_path / "last.ckpt"
-    save_atomic({"weights": torch.zeros(1000)}, path)
+    save_atomic({"weights": torch.zeros(1000)}, path, sync=True)
     data = bytearray(path.read_bytes())
     offset = data.index(bytes(400))  # somewhere inside the zeros of the tensor's storage
     data[offset + 100] ^= 0xFF
@@ -109,7 +125,7 @@ def test_verify_without_manifest_checks_the_zip_structure(tmp_path: Path) -> Non
 
 def test_truncated_file_raises_checkpoint_error_naming_it(tmp_path: Path) -> None:
     path = tmp_path / "last.ckpt"
-    save_atomic(_training_state(), path)
+    save_atomic(_training_state(), path, sync=True)
     data = path.read_bytes()
     path.write_bytes(data[: len(data) - 200])
     with pytest.raises(CheckpointError, match=r"last\.ckpt.*truncated or corrupt"):
@@ -152,7 +168,7 @@ def test_failing_write_keeps_the_previous_file_and_no_temporary(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     path = tmp_path / "last.ckpt"
-    save_atomic({"generation": 1}, path)
+    save_atomic({"generation": 1}, path, sync=True)
     before = path.read_bytes()
 
     def half_then_fail(state: Any, file: IO[bytes]) -> None:
@@ -180,8 +196,12 @@ def test_size_mismatch_after_write_is_a_checkpoint_error(
         os.truncate(file.fileno(), 10)
 
     monkeypatch.setattr(checkpoint, "_serialize", serialize_then_lose_bytes)
+    save_atomic({"a": torch.ones(10)}, path)  # the size is checked by the committer, after the fsync
+    with pytest.raises(CheckpointError, match=r"last\.ckpt.*bytes but the file holds 10"):
+        wait_for_pending()
+    assert list(tmp_path.iterdir()) == []
     with pytest.raises(CheckpointError, match="bytes but the file holds 10"):
-        save_atomic({"a": torch.ones(10)}, path)
+        save_atomic({"a": torch.ones(10)}, path, sync=True)
     assert list(tmp_path.iterdir()) == []
 
 

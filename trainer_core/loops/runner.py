@@ -7,6 +7,7 @@ import logging
 import math
 from typing import TYPE_CHECKING, Any
 
+from trainer_core import checkpoint as checkpoint_io
 from trainer_core import distributed, optim
 from trainer_core.datamodule import DataModule
 from trainer_core.errors import MisconfigurationError
@@ -229,3 +230,6 @@ def teardown(trainer: Trainer, stage: str) -> None:
             logger.finalize("success" if trainer.state.status != "interrupted" else "failed")
     trainer.profiler.describe()
     trainer.profiler.teardown(stage)
+    # Checkpoints commit in the background: they are all at their paths when the stage returns (and before
+    # the next stage's barrier, after which other ranks may read them); a failed commit is raised here.
+    checkpoint_io.wait_for_pending()
