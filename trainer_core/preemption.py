@@ -29,6 +29,7 @@ import json
 import logging
 import signal
 import threading
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import FrameType
@@ -49,11 +50,14 @@ class PreemptionSignals:
     """Which signals make `fit` save `last.ckpt` at the next step boundary and return (a `Trainer` plugin).
 
     `signals`: names ("SIGUSR2") or numbers; default SIGUSR2 and SIGTERM. `handle_sigint`: the first Ctrl-C
-    does the same, a second one stops at once.
+    does the same, a second one stops at once. `vote_every_s`: with several ranks, about how often (in
+    seconds of training) they agree on a signal; 0 votes at every step boundary. The ranks stop within about
+    two such periods of the signal, far inside a cluster's warning time (Slurm's `--signal` lead, 120 s).
     """
 
     signals: Sequence[str | int] = field(default_factory=lambda: DEFAULT_SIGNALS)
     handle_sigint: bool = True
+    vote_every_s: float = 0.1
 
     def numbers(self) -> list[int]:
         """The signal numbers to handle (SIGINT included when `handle_sigint`)."""
@@ -195,36 +199,49 @@ class Preemption:
 
 
 class StopVotes:
-    """The ranks' agreement on a stop signal: one small all-reduce per check, read at the next check.
+    """The ranks' agreement on a stop signal: small asynchronous all-reduces, each read one vote late.
 
     A blocking all-reduce at every training step costs a round trip between the ranks each step (with Gloo on
-    a busy CPU, about as long as a tiny step). Instead, each check starts this check's vote asynchronously
-    and reads the previous check's, which finished long ago: the ranks learn of a signal one check late, but
-    all of them at the same check, since they read the same vote. Once a vote says stop, `agreed` stays True
-    (no further votes); the loop acts on it at the first point where it may stop (not inside a gradient
-    accumulation window). Every rank must call `check`, `check_now` and `drain` at the same points, so that
-    all of them start the same votes; `drain` at the end of a fit leaves none running. With one process
-    there is nobody to wait for: a check reads its own vote at once. With no signal configured
-    (`PreemptionSignals(signals=(), handle_sigint=False)`, alike on every rank) there are no votes at all.
+    a busy CPU, a good part of a tiny step). Instead a vote is started asynchronously and read at the next
+    vote, long after it finished: the ranks learn of a signal one vote late, but all of them at the same
+    check, since they read the same vote. Votes are spaced about `vote_every_s` apart, counted in checks:
+    each vote carries every rank's proposal (checks per `vote_every_s` at its own pace, at most
+    `MAX_CHECKS_PER_VOTE`) and the smallest one read is the next spacing on every rank alike.
+
+    Once a vote says stop, `agreed` stays True (no further votes); the loop acts on it at the first check
+    where it may stop (not inside a gradient accumulation window). Every rank must call `check`,
+    `check_now` and `drain` at the same points, so that all of them start the same votes; `drain` at the end
+    of a fit leaves none running. With one process there is nobody to wait for: every check reads this
+    process's own signal at once. With no signal configured (`PreemptionSignals(signals=(),
+    handle_sigint=False)`, alike on every rank) there are no votes at all.
     """
+
+    MAX_CHECKS_PER_VOTE = 100  # bounds the delay when steps suddenly slow down
 
     def __init__(self, recorder: Preemption, collectives: Collectives) -> None:
         self.recorder = recorder
         self.collectives = collectives
         self.agreed = False
         self.enabled = bool(recorder.config.numbers())
+        self._several = collectives.world_size > 1
         self._pending: tuple[Pending, torch.Tensor] | None = None
-        self._flags = (torch.zeros(1), torch.zeros(1))  # two votes at most are in flight: reuse their tensors
+        self._flags = (torch.zeros(2), torch.zeros(2))  # two votes at most are in flight: reuse their tensors
         self._started = 0
+        self._checks_per_vote = 1  # until the first vote read: every check votes
+        self._checks = 0  # since the last vote
+        self._last_vote = time.perf_counter()
 
     def check(self) -> bool:
-        """At a check point every rank reaches alike: start this vote, read the previous one."""
+        """At a check point every rank reaches alike: when a vote is due, start it and read the last one."""
         if self.agreed or not self.enabled:
             return self.agreed
-        vote = self._start()
-        if self.collectives.world_size == 1:
-            return self._read(vote)
-        previous, self._pending = self._pending, vote
+        if not self._several:
+            self.agreed = self.recorder.received is not None
+            return self.agreed
+        self._checks += 1
+        if self._checks < self._checks_per_vote:
+            return False
+        previous, self._pending = self._pending, self._start()
         return self._read(previous)
 
     def check_now(self) -> bool:
@@ -241,14 +258,22 @@ class StopVotes:
         return self._read(previous)
 
     def _start(self) -> tuple[Pending, torch.Tensor]:
+        now = time.perf_counter()
+        per_check = (now - self._last_vote) / max(self._checks, 1)
+        wanted = self.recorder.config.vote_every_s / per_check if per_check > 0 else 1.0
+        proposal = min(self.MAX_CHECKS_PER_VOTE, max(1, int(wanted)))
+        self._last_vote, self._checks = now, 0
         flag = self._flags[self._started % 2]
         self._started += 1
-        flag.fill_(1.0 if self.recorder.received is not None else 0.0)
+        # One MAX reduction carries both: any rank's signal, and the smallest proposal (as its negative).
+        flag[0], flag[1] = (1.0 if self.recorder.received is not None else 0.0), -float(proposal)
         return self.collectives.all_reduce_async(flag, "max"), flag
 
     def _read(self, vote: tuple[Pending, torch.Tensor] | None) -> bool:
         if vote is not None:
             handle, flag = vote
             handle.wait()
-            self.agreed = self.agreed or bool(flag.item() > 0)
+            stop, negative_spacing = flag.tolist()
+            self.agreed = self.agreed or stop > 0
+            self._checks_per_vote = int(-negative_spacing)
         return self.agreed

@@ -74,7 +74,7 @@ def fit(root, callbacks=(), ckpt_path=None, **settings):
     model = Noisy()
     options = dict(
         devices=2, max_epochs=3, val_check_interval=0.5, deterministic=True, default_root_dir=root,
-        callbacks=list(callbacks),
+        callbacks=list(callbacks), plugins=[tc.PreemptionSignals(vote_every_s=0)],  # vote at every check
     )
     trainer = quiet_trainer(**{**options, **settings})
     train, val = loader(64, 4, shuffle=True), loader(41, 4)
@@ -235,7 +235,8 @@ class StopAt(tc.callbacks.Callback):
 tc.seed_everything(3)
 model = Regression()
 trainer = quiet_trainer(
-    devices=2, max_epochs=2, deterministic=True, default_root_dir={root}, callbacks=[StopAt()]
+    devices=2, max_epochs=2, deterministic=True, default_root_dir={root}, callbacks=[StopAt()],
+    plugins=[tc.PreemptionSignals(vote_every_s=0)],
 )
 trainer.fit(model, loader(64, 4, shuffle=True), ckpt_path={ckpt_path})
 save_result({"seen": model.seen["train"], "status": trainer.state.status, "step": trainer.global_step})

@@ -16,18 +16,21 @@ from tests.unit.helpers import classification_data
 from tests.unit.test_preemption import Noisy, SignalAt, _assert_same_weights
 from trainer_core.collectives import SingleProcess
 from trainer_core.metrics import MetricStore
-from trainer_core.preemption import Preemption, StopVotes
+from trainer_core.preemption import Preemption, PreemptionSignals, StopVotes
+
+EVERY_CHECK = PreemptionSignals(vote_every_s=0)
 
 
 class LateVote:
     """A started vote: the other rank's flag is the one it had when the vote started; waiting reduces."""
 
     def __init__(self, peers: TwoRanks, flag: torch.Tensor) -> None:
-        self.flag, self.other = flag, peers.other_rank_flag
+        # The other rank's vote: its signal flag and its proposed spacing (negated, as StopVotes sends it).
+        self.flag, self.other = flag, torch.tensor([peers.other_rank_flag, -peers.other_rank_spacing])
         self.done = False
 
     def wait(self) -> bool:
-        self.flag.copy_(torch.maximum(self.flag, torch.tensor([self.other])))
+        self.flag.copy_(torch.maximum(self.flag, self.other))
         self.done = True
         return True
 
@@ -36,6 +39,7 @@ class TwoRanks(SingleProcess):
     """Collectives of rank 0 of 2, where the other rank's vote is `other_rank_flag`; records every vote."""
 
     other_rank_flag = 0.0
+    other_rank_spacing = 1.0
 
     def __init__(self) -> None:
         self.votes: list[LateVote] = []
@@ -52,7 +56,7 @@ class TwoRanks(SingleProcess):
 
 def test_a_vote_is_read_at_the_next_check_on_every_rank_alike() -> None:
     collectives = TwoRanks()
-    votes = StopVotes(Preemption(), collectives)
+    votes = StopVotes(Preemption(EVERY_CHECK), collectives)
     assert votes.check() is False  # nothing to read yet
     collectives.other_rank_flag = 1.0  # the other rank got a signal and votes so at this check
     assert votes.check() is False and len(collectives.votes) == 2 and collectives.votes[0].done
@@ -64,13 +68,27 @@ def test_a_vote_is_read_at_the_next_check_on_every_rank_alike() -> None:
 
 def test_drain_and_check_now_leave_no_vote_running() -> None:
     collectives = TwoRanks()
-    recorder = Preemption()
+    recorder = Preemption(EVERY_CHECK)
     votes = StopVotes(recorder, collectives)
     votes.check()
     assert votes.drain() is False and all(vote.done for vote in collectives.votes)
     recorder.received = signal.SIGUSR2  # this rank's own signal
     assert votes.check_now() is True  # read at once: a blocking round trip
     assert all(vote.done for vote in collectives.votes) and votes.drain() is True
+
+
+def test_votes_are_spaced_by_the_smallest_proposal_of_the_ranks() -> None:
+    collectives = TwoRanks()
+    collectives.other_rank_spacing = 250.0  # the smaller proposal wins
+    votes = StopVotes(Preemption(PreemptionSignals(vote_every_s=3600)), collectives)
+    votes.check()  # the first check votes; its proposal: as many checks as an hour holds, at most 100
+    votes.check()  # reads it: from now on, one vote every 100 checks
+    assert len(collectives.votes) == 2
+    for _ in range(StopVotes.MAX_CHECKS_PER_VOTE - 1):
+        votes.check()
+    assert len(collectives.votes) == 2
+    votes.check()
+    assert len(collectives.votes) == 3
 
 
 def test_one_process_reads_its_own_vote_at_once() -> None:
