@@ -156,7 +156,8 @@ def test_a_second_ctrl_c_stops_at_once_and_the_last_committed_checkpoint_resumes
 @pytest.mark.timeout(300)
 def test_kill_9_of_the_writing_rank_mid_checkpoint_leaves_the_previous_one_intact(tmp_path: Path) -> None:
     # A model large enough (about 50 MB with its optimizer state) that a write lasts long enough to catch.
-    big = [*TWO_RANKS, "model.hidden=2048"]
+    # Six epochs: several epoch-end writes to catch, even on a loaded machine.
+    big = [*TWO_RANKS, "model.hidden=2048", "trainer.max_epochs=6"]
     reference_dir = tmp_path / "reference"
     reference_dir.mkdir()
     result = launch(reference_dir, *big)
@@ -197,7 +198,8 @@ def test_resume_with_another_world_size_works_at_an_epoch_end_and_is_refused_mid
     assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 20 + 10
 
     # A mid-epoch checkpoint of 2 ranks does not continue with 1.
-    process = start(tmp_path, *SMALL, "trainer.max_epochs=4", "trainer.devices=2", f"run.id={run_dir.name}")
+    more = [*SMALL, "trainer.max_epochs=10", f"run.id={run_dir.name}"]
+    process = start(tmp_path, *more, "trainer.devices=2")
     previous_step = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["global_step"]
     assert wait_for(
         lambda: (
@@ -208,10 +210,15 @@ def test_resume_with_another_world_size_works_at_an_epoch_end_and_is_refused_mid
     )
     process.send_signal(signal.SIGTERM)
     assert finish(process).returncode == 143
-    refused = launch(tmp_path, *SMALL, "trainer.max_epochs=4", "trainer.devices=1", f"run.id={run_dir.name}")
-    assert refused.returncode != 0
-    assert "written by 2 rank(s) in the middle of epoch" in refused.stderr, explain(refused)
-    assert "Resume with 2 rank(s)" in refused.stderr
+    loops = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["loops"]
+    changed = launch(tmp_path, *more, "trainer.devices=1")
+    if loops["epoch_batches"] == 0 or loops["epoch_batches_done"]:
+        # The stop landed on an epoch boundary: then 1 rank continues.
+        assert changed.returncode == 0, explain(changed)
+        return
+    assert changed.returncode != 0
+    assert "written by 2 rank(s) in the middle of epoch" in changed.stderr, explain(changed)
+    assert "Resume with 2 rank(s)" in changed.stderr
 
 
 @pytest.mark.timeout(300)
