@@ -104,12 +104,12 @@ def run(run_dir: Path, in_launcher: bool = False, recorder: SignalRecorder | Non
     setup_logging(run_dir, rank, console=rank == 0 and not in_launcher)
     job = read_job(run_dir)
     import trainer_core as tc
-    from launcher.rank_callbacks import HandOverSignal, WorldSizeCheck
+    from launcher.rank_callbacks import HandOverSignal
 
     tc.seed_everything(job.seed)
     model = instantiate(job.model)
     datamodule = instantiate(job.data)
-    callbacks = [*build_callbacks(job, run_dir), WorldSizeCheck()]
+    callbacks = build_callbacks(job, run_dir)
     if recorder is not None:
         callbacks.append(HandOverSignal(recorder))
     trainer = tc.Trainer(
