@@ -8,12 +8,14 @@ target, never a torn one, and at most a temporary file (`.<name>.tmp-<pid>-<id>`
 next commit to that target deletes. Only the fsync and the check move off the caller: they are most of the
 cost of a small save, and nothing in training needs them done before it goes on.
 
-Everything that reads or deletes checkpoints (`load`, `verify`, `newest_verified`, `remove`) and the next save
-to the same path first waits for the pending commits, and a failed commit is raised there as a
-`CheckpointError` naming the file; `wait_for_pending()` does the same on demand (the trainer calls it at the
-end of every stage), and an exit handler waits before the interpreter ends. `save_atomic(..., sync=True)`
-commits before it returns. The directory is not fsynced after the rename: that only matters when the machine
-itself loses power, and then the name still points at the previous complete file, which `verify` accepts.
+Everything that reads or deletes checkpoints (`load`, `verify`, `newest_verified`, `remove`) first waits for
+the pending commits, and a failed commit is raised there, or at the next save, as a `CheckpointError` naming
+the file. A save waits only while two commits to its path are pending (the queue keeps saves in order, so the
+later one wins; the wait bounds the temporary files). `wait_for_pending()` waits for all and raises (the
+trainer calls it at the end of every stage), and an exit handler waits before the interpreter ends.
+`save_atomic(..., sync=True)` commits before it returns. The directory is not fsynced after the rename: that
+only matters when the machine itself loses power, and then the name still points at the previous complete
+file, which `verify` accepts.
 
 The check is cheap on purpose: the file's size and the zip central directory, which lists every record's
 size and the CRC-32 that torch computed while writing. A manifest beside the checkpoint (`<name>.ckpt.json`)
@@ -50,6 +52,7 @@ log = logging.getLogger(__name__)
 
 MANIFEST_SUFFIX = ".json"
 _TEMPORARY_MARK = ".tmp-"
+_BACKLOG_PER_PATH = 2  # commits to one path that may be pending before the next save to it waits
 _FIX = "Resume from another checkpoint (an earlier top-k file), or start without ckpt_path."
 
 
@@ -60,7 +63,9 @@ def save_atomic(state: Mapping[str, Any], path: str | os.PathLike[str], *, sync:
     background committer, or here with `sync=True`. A failed earlier commit is raised here first.
     """
     target = _key(path)
-    _committer.wait(target)  # at most one pending commit per path, and an earlier failure surfaces here
+    # A sync commit must follow the queued ones to its path (the later save wins); an async save only keeps
+    # the backlog (temporary files on disk) bounded. Either way an earlier commit's failure surfaces here.
+    _committer.wait(target, below=1 if sync else _BACKLOG_PER_PATH)
     job = _write_temporary(state, target)
     if sync:
         _commit(job)
@@ -428,13 +433,13 @@ class _Committer:
                 self._thread.start()
         self._jobs.put(job)
 
-    def wait(self, target: Path | None = None) -> None:
-        """Until no commit to `target` (to any file, with None) is pending; then raise failed commits."""
+    def wait(self, target: Path | None = None, below: int = 1) -> None:
+        """Until fewer than `below` commits to `target` (None: to any file) are pending; raise failed ones."""
         with self._changed:
             if target is None:
-                self._changed.wait_for(lambda: not self._pending)
+                self._changed.wait_for(lambda: sum(self._pending.values()) < below)
             else:
-                self._changed.wait_for(lambda: target not in self._pending)
+                self._changed.wait_for(lambda: self._pending[target] < below)
             errors, self._errors = self._errors, []
         if len(errors) == 1:
             raise errors[0]

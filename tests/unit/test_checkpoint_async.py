@@ -112,14 +112,47 @@ def test_verify_and_newest_verified_wait_for_the_commit(
 def test_two_commits_to_one_path_land_in_order_and_the_later_wins(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    gate = _Gate()
+    monkeypatch.setattr(os, "fsync", gate)
     path = tmp_path / "last.ckpt"
-    _slow_fsync(monkeypatch, 0.1)
     save_atomic({"global_step": 1}, path)
-    save_atomic({"global_step": 2}, path)  # waits for the first commit to this path, then queues
-    wait_for_pending()
+    save_atomic({"global_step": 2}, path)  # queued behind the first, which the gate holds
+    assert gate.entered.wait(timeout=30)
+    gate.release.set()
     assert load(path) == {"global_step": 2}
     assert '"global_step": 2' in manifest_path(path).read_text()
     assert _names(tmp_path) == ["last.ckpt", "last.ckpt.json"]
+
+
+def test_a_third_save_to_a_path_waits_while_two_commits_to_it_are_pending(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    gate = _Gate()
+    monkeypatch.setattr(os, "fsync", gate)
+    path = tmp_path / "last.ckpt"
+    save_atomic({"global_step": 1}, path)
+    save_atomic({"global_step": 2}, path)
+    third = threading.Thread(target=save_atomic, args=({"global_step": 3}, path))
+    third.start()
+    third.join(timeout=0.5)
+    blocked = third.is_alive()
+    gate.release.set()
+    third.join(timeout=30)
+    assert blocked and not third.is_alive()
+    assert load(path) == {"global_step": 3}
+    assert _names(tmp_path) == ["last.ckpt", "last.ckpt.json"]
+
+
+def test_a_sync_save_lands_after_the_queued_saves_to_its_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _slow_fsync(monkeypatch, 0.1)
+    path = tmp_path / "last.ckpt"
+    save_atomic({"global_step": 1}, path)
+    save_atomic({"global_step": 2}, path, sync=True)
+    assert torch.load(path, weights_only=True) == {"global_step": 2}
+    wait_for_pending()
+    assert load(path) == {"global_step": 2}
 
 
 def test_commits_to_different_paths_keep_the_order_of_the_saves(
@@ -169,7 +202,7 @@ def test_retention_deletes_the_old_file_only_once_the_new_one_is_committed(
 
 
 @pytest.mark.parametrize("failing", ["fsync", "replace"])
-@pytest.mark.parametrize("surfaces_at", ["wait_for_pending", "save_atomic", "load", "verify"])
+@pytest.mark.parametrize("surfaces_at", ["wait_for_pending", "sync save_atomic", "load", "verify"])
 def test_a_failed_commit_keeps_the_previous_file_and_surfaces_as_a_checkpoint_error(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, failing: str, surfaces_at: str
 ) -> None:
@@ -180,7 +213,7 @@ def test_a_failed_commit_keeps_the_previous_file_and_surfaces_as_a_checkpoint_er
     save_atomic({"generation": 2}, path)  # returns: the commit fails on the committer
     next_call: dict[str, Callable[[], Any]] = {
         "wait_for_pending": wait_for_pending,
-        "save_atomic": lambda: save_atomic({"generation": 3}, path),
+        "sync save_atomic": lambda: save_atomic({"generation": 3}, path, sync=True),
         "load": lambda: load(path),
         "verify": lambda: verify(path),
     }
@@ -189,6 +222,32 @@ def test_a_failed_commit_keeps_the_previous_file_and_surfaces_as_a_checkpoint_er
     assert path.read_bytes() == before and verify(path) and load(path) == {"generation": 1}
     assert _names(tmp_path) == ["last.ckpt", "last.ckpt.json"]  # no temporary file left
     wait_for_pending()  # raised once; nothing left to raise
+
+
+def test_the_next_save_raises_a_commit_failure_that_happened_since(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path, other = tmp_path / "last.ckpt", tmp_path / "other.ckpt"
+    save_atomic({"generation": 1}, path, sync=True)
+    gate = _Gate()
+    calls = {"n": 0}
+
+    def fail_then_hold(fd: int) -> None:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+        gate(fd)
+
+    monkeypatch.setattr(os, "fsync", fail_then_hold)
+    save_atomic({"generation": 2}, path)  # its commit fails
+    save_atomic({"other": 1}, other)  # the committer reaches this one only after recording the failure
+    assert gate.entered.wait(timeout=30)
+    with pytest.raises(CheckpointError, match=r"last\.ckpt.*Input/output error"):
+        save_atomic({"generation": 3}, path)  # async, and raises before writing anything
+    gate.release.set()
+    wait_for_pending()
+    assert load(path) == {"generation": 1}
+    assert _names(tmp_path) == ["last.ckpt", "last.ckpt.json", "other.ckpt", "other.ckpt.json"]
 
 
 def test_remove_after_a_failed_commit_raises_and_keeps_the_old_file(
