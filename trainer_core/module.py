@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import builtins
-import inspect
 import logging
 import os
 import warnings
@@ -437,7 +436,6 @@ class TrainingModule(HyperparametersMixin, nn.Module):
             param.requires_grad = True
         self.train()
 
-    @torch.no_grad()
     def to_torchscript(
         self,
         file_path: str | os.PathLike[str] | None = None,
@@ -446,34 +444,9 @@ class TrainingModule(HyperparametersMixin, nn.Module):
         **kwargs: Any,
     ) -> torch.jit.ScriptModule:
         """Export with TorchScript ("script" or "trace", in eval mode); saved to `file_path` if given."""
-        was_training = self.training
-        self.eval()
-        # TorchScript reads every attribute while compiling; `trainer` must not raise meanwhile.
-        object.__setattr__(self, "_jit_is_scripting", True)
-        try:
-            if method == "script":
-                exported = torch.jit.script(self, **kwargs)
-            elif method == "trace":
-                exported = torch.jit.trace(self, self._trace_inputs(example_inputs), **kwargs)
-            else:
-                raise MisconfigurationError(f"to_torchscript(method={method!r}): use 'script' or 'trace'")
-        finally:
-            object.__setattr__(self, "_jit_is_scripting", False)
-            self.train(was_training)
-        if file_path is not None:
-            torch.jit.save(exported, os.fspath(file_path))
-        return exported
+        from trainer_core.export import to_torchscript
 
-    def _trace_inputs(self, example_inputs: Any) -> Any:
-        inputs = example_inputs if example_inputs is not None else self.example_input_array
-        if inputs is None:
-            raise MisconfigurationError(
-                "to_torchscript(method='trace') needs inputs: pass example_inputs=... or set "
-                "self.example_input_array in __init__"
-            )
-        from trainer_core.loops.data import move_to_device
-
-        return move_to_device(inputs, self.device)
+        return to_torchscript(self, file_path, method, example_inputs, **kwargs)
 
     # -- checkpoints ---------------------------------------------------------------------------------
     @classmethod
@@ -486,22 +459,6 @@ class TrainingModule(HyperparametersMixin, nn.Module):
         **overrides: Any,
     ) -> Any:
         """A new module built from the checkpoint's hyperparameters (plus `overrides`) with its weights."""
-        from trainer_core import checkpoint as checkpoint_io
+        from trainer_core.export import build_from_checkpoint
 
-        checkpoint = checkpoint_io.load(checkpoint_path, map_location=map_location)
-        hparams = dict(checkpoint.get("hyper_parameters") or {})
-        hparams.update(overrides)
-        model = cls(**_init_kwargs(cls, hparams))
-        model.on_load_checkpoint(checkpoint)
-        model.load_state_dict(checkpoint["state_dict"], strict=strict)
-        if isinstance(map_location, (str, torch.device)):
-            model.to(map_location)
-        return model
-
-
-def _init_kwargs(cls: type, hparams: dict[str, Any]) -> dict[str, Any]:
-    """The hyperparameters `cls.__init__` accepts (all of them when it takes `**kwargs`)."""
-    parameters = inspect.signature(cls.__init__).parameters  # type: ignore[misc]
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
-        return hparams
-    return {name: value for name, value in hparams.items() if name in parameters}
+        return build_from_checkpoint(cls, checkpoint_path, map_location, strict, overrides)
