@@ -21,6 +21,7 @@ from trainer_core import optim
 from trainer_core.callbacks.base import Callback
 from trainer_core.callbacks.dispatch import HookDispatcher
 from trainer_core.collectives import Collectives, SingleProcess
+from trainer_core.components import AttachedComponents
 from trainer_core.datamodule import DataModule
 from trainer_core.errors import MisconfigurationError
 from trainer_core.loops import checkpointing
@@ -35,7 +36,7 @@ from trainer_core.state import LoopProgress, TrainerState
 log = logging.getLogger(__name__)
 
 
-class Trainer:
+class Trainer(AttachedComponents):
     """Runs a `TrainingModule`: the Lightning `Trainer` arguments and entry points (see `TrainerSettings`)."""
 
     def __init__(
@@ -461,49 +462,6 @@ class Trainer:
     def estimated_stepping_batches(self) -> int | float:
         """How many optimizer steps `fit` will take (inf when unbounded)."""
         return checkpointing.estimated_stepping_batches(self)
-
-    @property
-    def logger(self) -> Any:
-        return self.loggers[0] if self.loggers else None
-
-    @property
-    def log_dir(self) -> str:
-        """The first logger's directory, else `default_root_dir`."""
-        if self.loggers:
-            directory = getattr(self.loggers[0], "log_dir", None) or getattr(
-                self.loggers[0], "save_dir", None
-            )
-            if directory is not None:
-                return str(directory)
-        return self.default_root_dir
-
-    @property
-    def checkpoint_callbacks(self) -> list[Any]:
-        from trainer_core.callbacks.model_checkpoint import ModelCheckpoint
-
-        return [cb for cb in self.callbacks if isinstance(cb, ModelCheckpoint)]
-
-    @property
-    def checkpoint_callback(self) -> Any:
-        callbacks = self.checkpoint_callbacks
-        return callbacks[0] if callbacks else None
-
-    @property
-    def early_stopping_callbacks(self) -> list[Any]:
-        from trainer_core.callbacks.early_stopping import EarlyStopping
-
-        return [cb for cb in self.callbacks if isinstance(cb, EarlyStopping)]
-
-    @property
-    def early_stopping_callback(self) -> Any:
-        callbacks = self.early_stopping_callbacks
-        return callbacks[0] if callbacks else None
-
-    @property
-    def progress_bar_callback(self) -> Any:
-        from trainer_core.callbacks.progress import ProgressBar
-
-        return next((cb for cb in self.callbacks if isinstance(cb, ProgressBar)), None)
 
     @property
     def precision(self) -> str:
