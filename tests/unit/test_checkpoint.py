@@ -8,6 +8,7 @@ import errno
 import json
 import os
 import random
+import threading
 from collections import OrderedDict
 from collections.abc import Iterator
 from pathlib import Path
@@ -188,14 +189,13 @@ def test_size_mismatch_after_write_is_a_checkpoint_error(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     path = tmp_path / "last.ckpt"
-    real_serialize = checkpoint._serialize
+    real_fsync = os.fsync
 
-    def serialize_then_lose_bytes(state: Any, file: IO[bytes]) -> None:
-        real_serialize(state, file)
-        file.flush()
-        os.truncate(file.fileno(), 10)
+    def lose_bytes_then_fsync(fd: int) -> None:
+        os.ftruncate(fd, 10)  # what a failing file system might do behind the writer's back
+        real_fsync(fd)
 
-    monkeypatch.setattr(checkpoint, "_serialize", serialize_then_lose_bytes)
+    monkeypatch.setattr(os, "fsync", lose_bytes_then_fsync)
     save_atomic({"a": torch.ones(10)}, path)  # the size is checked by the committer, after the fsync
     with pytest.raises(CheckpointError, match=r"last\.ckpt.*bytes but the file holds 10"):
         wait_for_pending()
@@ -203,6 +203,37 @@ def test_size_mismatch_after_write_is_a_checkpoint_error(
     with pytest.raises(CheckpointError, match="bytes but the file holds 10"):
         save_atomic({"a": torch.ones(10)}, path, sync=True)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_large_checkpoint_streams_to_its_file_and_round_trips(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(checkpoint, "_IN_MEMORY_LIMIT", 64 * 1024)  # the big state is 4x the limit
+    entered, release, real_fsync = threading.Event(), threading.Event(), os.fsync
+
+    def held_fsync(fd: int) -> None:
+        entered.set()
+        release.wait(timeout=30)
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", held_fsync)
+    save_atomic({"small": 1}, tmp_path / "small.ckpt")  # holds the committer in its fsync
+    assert entered.wait(timeout=30)
+    path = tmp_path / "big.ckpt"
+    weights = torch.randn(64 * 1024)
+    save_atomic({"weights": weights}, path)
+    # Written by the caller before its commit began, not held in memory for the committer.
+    written = [p.stat().st_size for p in tmp_path.iterdir() if p.name.startswith(".big.ckpt.tmp-")]
+    release.set()
+    wait_for_pending()
+    assert len(written) == 1 and written[0] > weights.nbytes
+    assert verify(path, deep=True)
+    assert torch.equal(load(path)["weights"], weights)
+    assert _names_of(tmp_path) == ["big.ckpt", "big.ckpt.json", "small.ckpt", "small.ckpt.json"]
+
+
+def _names_of(directory: Path) -> list[str]:
+    return sorted(p.name for p in directory.iterdir())
 
 
 def test_remove_deletes_checkpoint_and_manifest(tmp_path: Path) -> None:
