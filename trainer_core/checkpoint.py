@@ -1,26 +1,23 @@
 """Checkpoint files: atomic commits on a background thread, verification, `weights_only` loads, hparams.
 
-A checkpoint is a `torch.save`d dict in torch's zip format. `save_atomic` serialises it under a temporary name
-in the target's directory before it returns (so the caller may change its tensors at once); one background
-committer thread then fsyncs that file, checks it, renames it over the target and writes the manifest, in the
-order the saves were made. A crash or a failure at any point leaves either the old file or the new one at the
-target, never a torn one, and at most a temporary file (`.<name>.tmp-<pid>-<id>`) that resume ignores and the
-next commit to that target deletes. Only the fsync and the check move off the caller: they are most of the
-cost of a small save, and nothing in training needs them done before it goes on.
+A checkpoint is a `torch.save`d dict in torch's zip format. `save_atomic` serialises it before it returns (the
+caller may change its tensors at once): to memory when small, else to a temporary name beside the target. One
+background committer thread then writes it out, fsyncs, checks it, renames it over the target and writes the
+manifest, in save order; the fsync and the check are most of a small save's cost, and training does not need
+them done to go on. A crash or failure at any point leaves the old file or the new one at the target, never a
+torn one, and at most a temporary file (`.<name>.tmp-<pid>-<id>`) that resume ignores and the next commit to
+that target deletes once its writer is gone. The directory is not fsynced after the rename: that matters only
+on power loss, and then the name still points at the previous complete file, which `verify` accepts.
 
-Everything that reads or deletes checkpoints (`load`, `verify`, `newest_verified`, `remove`) first waits for
-the pending commits, and a failed commit is raised there, or at the next save, as a `CheckpointError` naming
-the file. A save waits only while two commits to its path are pending (the queue keeps saves in order, so the
-later one wins; the wait bounds the temporary files). `wait_for_pending()` waits for all and raises (the
-trainer calls it at the end of every stage), and an exit handler waits before the interpreter ends.
-`save_atomic(..., sync=True)` commits before it returns. The directory is not fsynced after the rename: that
-only matters when the machine itself loses power, and then the name still points at the previous complete
-file, which `verify` accepts.
+`load`, `verify`, `newest_verified` and `remove` wait for pending commits first; a failed commit is raised
+there, at the next save or by `wait_for_pending()` (called at the end of every trainer stage and at exit) as a
+`CheckpointError` naming the file. A save waits only while two commits to its path are pending (a bound on
+temporary files: the queue already keeps the later save last). `save_atomic(..., sync=True)` commits at once.
 
-The check is cheap on purpose: the file's size and the zip central directory, which lists every record's
-size and the CRC-32 that torch computed while writing. A manifest beside the checkpoint (`<name>.ckpt.json`)
-records the size and a SHA-256 of that list, so `verify` later detects a truncated, replaced or edited file
-without unpickling it; `verify(path, deep=True)` also re-reads every record against its CRC-32.
+The check is cheap on purpose: the size and the zip central directory, which lists every record's size and
+the CRC-32 torch computed while writing. The manifest (`<name>.ckpt.json`) records the size and a SHA-256 of
+that list, so `verify` detects a truncated, replaced or edited file without unpickling it; `verify(path,
+deep=True)` also re-reads every record against its CRC-32.
 """
 
 from __future__ import annotations
@@ -81,11 +78,8 @@ def wait_for_pending() -> None:
 
 
 class _Spool:
-    """Where `torch.save` writes: memory while the checkpoint is small, then its temporary file.
-
-    A small checkpoint is serialised without a system call (the writes would be a fifth of a small save) and
-    the committer writes it out; a large one streams to the file, so memory never holds it twice.
-    """
+    """Where `torch.save` writes: memory up to `limit` bytes (the caller then makes no system call, a fifth of
+    a small save; the committer writes it out), past it the temporary file (memory never holds it twice)."""
 
     def __init__(self, temporary: Path, limit: int) -> None:
         self.temporary = temporary
@@ -95,8 +89,7 @@ class _Spool:
         self._file: IO[bytes] | None = None
 
     def write(self, data: Any) -> int:
-        """Append `data` (torch's writer passes memoryviews) to memory or to the file."""
-        size = memoryview(data).nbytes
+        size = memoryview(data).nbytes  # torch's writer passes memoryviews
         if self._memory is not None and self.size + size <= self._limit:
             written = self._memory.write(data)
         else:
@@ -105,7 +98,6 @@ class _Spool:
         return written
 
     def flush(self) -> None:
-        """Flush what went to the file (torch calls this at the end of a save)."""
         if self._file is not None:
             self._file.flush()
 
@@ -119,13 +111,11 @@ class _Spool:
             self.close()
 
     def close(self) -> None:
-        """Drop the memory and close the file (the temporary file itself stays for the caller to handle)."""
         self._memory = None
         if self._file is not None:
             self._file.close()
 
     def _spill(self) -> IO[bytes]:
-        """Open the temporary file and move what memory holds into it; from now on writes go there."""
         self._file = open(self.temporary, "xb")  # noqa: SIM115 (closed by to_disk or close)
         if self._memory is not None:
             with self._memory.getbuffer() as written_so_far:
@@ -141,11 +131,6 @@ class _Commit:
     target: Path
     spool: _Spool
     position: dict[str, int]
-
-    @property
-    def temporary(self) -> Path:
-        """The temporary file the checkpoint is (or will be) written to."""
-        return self.spool.temporary
 
 
 def _key(path: str | os.PathLike[str]) -> Path:
@@ -174,12 +159,12 @@ def _commit(job: _Commit) -> None:
     try:
         job.spool.to_disk()
         digest = _check_written(job)
-        _replace(job.temporary, job.target)
+        _replace(job.spool.temporary, job.target)
     except Exception as error:
-        _discard(job.temporary)
+        _discard(job.spool.temporary)
         raise _commit_error(job.target, error) from error
     except BaseException:
-        _discard(job.temporary)
+        _discard(job.spool.temporary)
         raise
     _write_manifest(job.target, job.spool.size, digest, job.position)
     _remove_stale_temporaries(job.target)
@@ -208,11 +193,8 @@ def _commit_error(target: Path, error: BaseException) -> CheckpointError:
         return error
     if isinstance(error, OSError):
         return CheckpointError(_write_failed_message(target, error))
-    what = (
-        "the written file does not read back as a torch.save archive"
-        if isinstance(error, zipfile.BadZipFile)
-        else "unexpected error"
-    )
+    bad_zip = isinstance(error, zipfile.BadZipFile)
+    what = "the written file does not read back as a torch.save archive" if bad_zip else "unexpected error"
     return CheckpointError(
         f"Could not commit checkpoint {str(target)!r}: {what} ({type(error).__name__}: {error}). The "
         "previous file at that path, if any, is unchanged. Check the file system (disk full, failing "
@@ -247,14 +229,14 @@ def _serialize(state: Mapping[str, Any], file: _Spool) -> None:
 
 
 def _check_written(job: _Commit) -> str:
-    on_disk = job.temporary.stat().st_size
+    on_disk = job.spool.temporary.stat().st_size
     if on_disk != job.spool.size:
         raise CheckpointError(
             f"Could not commit checkpoint {str(job.target)!r}: wrote {job.spool.size} bytes but the file "
             f"holds {on_disk}. The previous file at that path, if any, is unchanged. The disk may be full or "
             "the file system failing; free space or choose another dirpath."
         )
-    return _records_digest(job.temporary)
+    return _records_digest(job.spool.temporary)
 
 
 def _records_digest(path: Path) -> str:
@@ -286,11 +268,11 @@ def _writer_gone(suffix: str) -> bool:
     if not pid_text.isdigit() or int(pid_text) == os.getpid():
         return False  # ours (another save may be writing it) or not a name we made: leave it
     try:
-        os.kill(int(pid_text), 0)
+        os.kill(int(pid_text), 0)  # signal 0: only asks whether the process exists
     except ProcessLookupError:
         return True
     except OSError:
-        return False  # alive, under another user
+        pass  # alive, under another user
     return False
 
 
@@ -306,7 +288,7 @@ def _write_manifest(target: Path, size: int, digest: str, position: dict[str, in
     final = manifest_path(target)
     try:
         # Written in place, not via a temporary: a torn manifest only makes `verify` refuse this file, and
-        # resume then falls back to the previous one; a rename would cost as much as the whole small save.
+        # resume then falls back to the previous one; a second rename would lengthen every commit.
         final.write_text(json.dumps(manifest, indent=1) + "\n")
     except OSError as error:
         # The checkpoint itself is committed; without a manifest `verify` falls back to the zip structure.
@@ -345,10 +327,9 @@ def remove(path: str | os.PathLike[str]) -> None:
 def verify(path: str | os.PathLike[str], deep: bool = False) -> bool:
     """Whether `path` is a complete checkpoint: its size and record list match its manifest.
 
-    Waits for a pending commit to `path` first (and raises a failed commit as `CheckpointError`).
-
     Without a manifest, whether its zip structure is complete. `deep=True` also re-reads every record and
-    checks its CRC-32 (a full read of the file, but no unpickling).
+    checks its CRC-32 (a full read of the file, but no unpickling). Waits for a pending commit to `path`
+    first, and raises a failed commit as `CheckpointError`.
     """
     target = Path(path)
     _committer.wait(_key(target))
