@@ -40,4 +40,8 @@ def test_quick_launch_startup_run_writes_its_tables(tmp_path: Path) -> None:
             assert 0 < row["median_s"] < end[name]["median_s"], name
     bad = {row["variant"]: row for row in tables["bad config input: start to exit with code 2"]["rows"]}
     assert any("trainer.devicez=2" in name for name in bad) and "python -c pass" in bad
-    assert all(row["median_s"] > 0 for row in bad.values())
+    pieces = {row["variant"]: row for row in tables["start-up pieces, each alone"]["rows"]}
+    assert {"import torch", "import trainer_core"} <= set(pieces)
+    for row in [*bad.values(), *pieces.values()]:
+        assert row["median_s"] > 0, row["variant"]
+    assert any("every repetition under 1 s" in key for key in report["settings"])
