@@ -112,10 +112,19 @@ class _EpochAccumulator:
     def local_parts(self) -> torch.Tensor:
         """The values to reduce across ranks: `[weighted_sum, weight]` for mean, `[total]` otherwise."""
         self.fold()
-        total = self.total if self.total is not None else torch.tensor(0.0, dtype=torch.float64)
+        total = self.total if self.total is not None else _EMPTY_TOTAL[self.reduce].clone()
         if self.reduce == "mean":
             return torch.stack([total, torch.tensor(self.weight, dtype=torch.float64, device=total.device)])
         return total.reshape(1)
+
+
+# What a rank that logged nothing contributes: the identity of each reduction.
+_EMPTY_TOTAL = {
+    "mean": torch.tensor(0.0, dtype=torch.float64),
+    "sum": torch.tensor(0.0, dtype=torch.float64),
+    "max": torch.tensor(float("-inf"), dtype=torch.float64),
+    "min": torch.tensor(float("inf"), dtype=torch.float64),
+}
 
 
 def _finish(reduce: str, parts: torch.Tensor) -> torch.Tensor:
@@ -158,6 +167,7 @@ class MetricStore:
         self._batch: Any = None
         self._batch_size: int | None = None
         self._batch_seq = 0
+        self._batches_seen: dict[str, int] = {}  # batches of the current epoch, by stage
 
     # -- the step path -----------------------------------------------------------------------------
     def set_batch(self, batch: Any) -> None:
@@ -165,6 +175,7 @@ class MetricStore:
         self._batch = batch
         self._batch_size = None
         self._batch_seq = self._seq
+        self._batches_seen[self.stage] = self._batches_seen.get(self.stage, 0) + 1
 
     def log(
         self,
@@ -249,6 +260,7 @@ class MetricStore:
     def begin_epoch(self, stage: str) -> None:
         """Start a new epoch of `stage`: its accumulators start empty."""
         self._accumulators = {n: e for n, e in self._accumulators.items() if e[0].stage != stage}
+        self._batches_seen[stage] = 0
 
     def end_epoch(self, stage: str) -> dict[str, tuple[MetricSpec, torch.Tensor]]:
         """Reduce `stage`'s accumulators (across ranks for `sync_dist`) into epoch values; return the new ones
@@ -259,9 +271,11 @@ class MetricStore:
         """
         done = {n: e for n, e in self._accumulators.items() if e[0].stage == stage}
         self._accumulators = {n: e for n, e in self._accumulators.items() if e[0].stage != stage}
+        if self.collectives.world_size > 1:
+            self._join_synced_metrics(stage, done)
         local = {name: spec.sync_dist for name, (spec, _) in done.items()}
         parts = {name: acc.local_parts() for name, (_, acc) in done.items()}
-        reduced = self._sync(local, {n: done[n][0].reduce for n in done}, parts)
+        reduced = self._sync(local, {n: done[n][0].reduce for n in done}, parts, agreed=True)
         values: dict[str, tuple[MetricSpec, torch.Tensor]] = {}
         for name, (spec, accumulator) in done.items():
             self._seq += 1
@@ -287,14 +301,38 @@ class MetricStore:
             if spec.sync_dist:
                 self._step[name] = (spec, _finish(spec.reduce, reduced[name]).to(value.dtype), seq)
 
+    def _join_synced_metrics(self, stage: str, done: dict[str, tuple[MetricSpec, _EpochAccumulator]]) -> None:
+        """Make every rank end `stage`'s epoch with the same `sync_dist` names, or raise naming the odd ones.
+
+        A rank whose evaluation shard was empty (more ranks than samples) logged nothing: it takes the
+        others' metrics with empty sums, which add nothing to the reduction.
+        """
+        mine = {name: dataclasses.asdict(spec) for name, (spec, _) in done.items() if spec.sync_dist}
+        saw_batches = self._batches_seen.get(stage, 0) > 0 or bool(done)
+        everyone = self.collectives.all_gather_object((saw_batches, mine))
+        if not saw_batches:
+            for _, specs in (entry for entry in everyone if entry[0]):
+                for name, fields in specs.items():
+                    if name not in done:
+                        done[name] = (MetricSpec(**fields), _EpochAccumulator(fields["reduce"]))
+        _raise_if_names_differ({rank: sorted(specs) for rank, (seen, specs) in enumerate(everyone) if seen})
+
     def _sync(
-        self, sync: dict[str, bool], reduce: dict[str, str], parts: dict[str, torch.Tensor]
+        self,
+        sync: dict[str, bool],
+        reduce: dict[str, str],
+        parts: dict[str, torch.Tensor],
+        agreed: bool = False,
     ) -> dict[str, torch.Tensor]:
-        """Reduce the `sync_dist` entries of `parts` over ranks: one collective per reduction kind."""
+        """Reduce the `sync_dist` entries of `parts` over ranks: one collective per reduction kind.
+
+        `agreed`: the ranks already know they hold the same names (else one object exchange checks it).
+        """
         if self.collectives.world_size == 1:
             return parts
         names = sorted(name for name, on in sync.items() if on)
-        self._agree_on_names(names)
+        if not agreed:
+            _raise_if_names_differ(dict(enumerate(self.collectives.all_gather_object(names))))
         result = dict(parts)
         for op, kinds in (("sum", ("mean", "sum")), ("max", ("max",)), ("min", ("min",))):
             group = [name for name in names if reduce[name] in kinds]
@@ -309,22 +347,6 @@ class MetricStore:
                 result[name] = flat[offset : offset + size]
                 offset += size
         return result
-
-    def _agree_on_names(self, names: list[str]) -> None:
-        everyone = self.collectives.all_gather_object(names)
-        if all(other == names for other in everyone):
-            return
-        union = sorted({name for other in everyone for name in other})
-        missing = {
-            name: [rank for rank, other in enumerate(everyone) if name not in other]
-            for name in union
-            if any(name not in other for other in everyone)
-        }
-        details = "; ".join(f"{name!r} not logged on rank(s) {ranks}" for name, ranks in missing.items())
-        raise DistributedError(
-            f"metrics logged with sync_dist=True differ between ranks: {details}. Log every sync_dist "
-            "metric on every rank at the same point (or drop sync_dist=True for rank-local values)"
-        )
 
     # -- reading -------------------------------------------------------------------------------------
     def reset(self, keep_stage: str | None = None) -> None:
@@ -423,3 +445,21 @@ def to_floats(values: list[torch.Tensor]) -> list[float]:
     if all(v.device == device for v in values):
         return [float(x) for x in torch.stack([v.to(torch.float64) for v in values]).tolist()]
     return [float(v.item()) for v in values]
+
+
+def _raise_if_names_differ(names_by_rank: dict[int, list[str]]) -> None:
+    """`DistributedError` naming each `sync_dist` metric that some ranks logged and others did not."""
+    everyone = list(names_by_rank.values())
+    if all(names == everyone[0] for names in everyone):
+        return
+    union = sorted({name for names in everyone for name in names})
+    missing = {
+        name: [rank for rank, names in names_by_rank.items() if name not in names]
+        for name in union
+        if any(name not in names for names in everyone)
+    }
+    details = "; ".join(f"{name!r} not logged on rank(s) {ranks}" for name, ranks in missing.items())
+    raise DistributedError(
+        f"metrics logged with sync_dist=True differ between ranks: {details}. Log every sync_dist "
+        "metric on every rank at the same point (or drop sync_dist=True for rank-local values)"
+    )

@@ -141,11 +141,6 @@ save_result({"seen": model.seen["val"], "predictions": flat})
 
 
 @pytest.mark.timeout(180)
-@pytest.mark.xfail(
-    strict=True,
-    reason="metrics.py: a rank with an empty evaluation shard logs no sync_dist metric and the name "
-    "agreement fails; it should contribute an empty reduction instead",
-)
 def test_a_synced_metric_with_an_empty_shard_on_one_rank(run_ranks: RunRanks) -> None:
     script = body(
         """

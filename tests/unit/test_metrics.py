@@ -126,6 +126,9 @@ class TwoRanks:
         return torch.maximum(tensor, peer) if op == "max" else torch.minimum(tensor, peer)
 
     def all_gather_object(self, obj: Any) -> list[Any]:
+        if isinstance(obj, tuple):  # the epoch-end exchange: (saw batches, {name: spec fields})
+            _, specs = obj
+            return [obj, (True, {name: specs.get(name) for name in self.peer_names})]
         return [obj, self.peer_names]
 
     def broadcast_object(self, obj: Any, src: int = 0) -> Any:
