@@ -98,6 +98,9 @@ class RunConfig:
     id: str | None = None  # None: a new id at compose time; an existing id resumes that run
     root: str = "runs"  # parent of all run directories (and of the example's generated data)
     experiment: str = "default"  # groups runs; experiment overlays set it to their name
+    # Resume even when the checkpoint was trained under other model, data, seed or optimisation settings
+    # (by default such a resume is refused, naming the keys that differ).
+    allow_config_change: bool = False
 
 
 @dataclass

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from launcher import rundir
+from trainer_core import checkpoint as checkpoint_io
 from trainer_core.callbacks import Callback
 
 if TYPE_CHECKING:
@@ -22,16 +24,21 @@ class RunManifestCallback(Callback):
     def _record(self, trainer: Trainer, **changes: object) -> None:
         if not trainer.is_global_zero:
             return
-        last_ckpt = self.run_dir / rundir.LAST_CKPT
-        if last_ckpt.is_file():
-            changes.setdefault("last_committed_step", self._committed_step(trainer))
+        # Checkpoints are committed in the background: by the next epoch start (or the end of fit) the
+        # last save has long landed, so this wait costs nothing in practice and makes the step true.
+        checkpoint_io.wait_for_pending()
+        step = self._committed_step(self.run_dir / rundir.LAST_CKPT)
+        if step is not None:
+            changes.setdefault("last_committed_step", step)
         rundir.update_manifest(self.run_dir, **changes)
 
     @staticmethod
-    def _committed_step(trainer: Trainer) -> int:
-        """The step of the newest committed last.ckpt: checkpoints are saved at the end of an epoch, so at
-        the start of the next one (or at the end of fit) the trainer's step is that of last.ckpt."""
-        return int(trainer.global_step)
+    def _committed_step(last_ckpt: Path) -> int | None:
+        """The step of the committed last.ckpt, from its manifest (None when there is none yet)."""
+        try:
+            return int(json.loads(checkpoint_io.manifest_path(last_ckpt).read_text())["global_step"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
 
     def on_train_epoch_start(self, trainer: Trainer, pl_module: TrainingModule) -> None:
         self._record(trainer)

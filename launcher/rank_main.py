@@ -112,11 +112,18 @@ def run(run_dir: Path, in_launcher: bool = False, recorder: SignalRecorder | Non
     callbacks = build_callbacks(job, run_dir)
     if recorder is not None:
         callbacks.append(HandOverSignal(recorder))
+    identity = rundir.training_identity(dataclasses.asdict(job))
+    run_config = tc.RunConfig(
+        config=identity,
+        allow_config_change=job.run.allow_config_change,
+        override_hint="add run.allow_config_change=true to the command",
+    )
     trainer = tc.Trainer(
         **dataclasses.asdict(job.trainer),
         default_root_dir=str(run_dir),
         logger=build_logger(job, run_dir),
         callbacks=callbacks,
+        plugins=[run_config],
     )
     last_ckpt = run_dir / rundir.LAST_CKPT
     ckpt_path = str(last_ckpt) if last_ckpt.is_file() else None

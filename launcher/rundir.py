@@ -60,6 +60,23 @@ def config_hash(resolved: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(content, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+# Trainer settings that change what training computes; the others (devices, epochs, logging, callbacks)
+# may change when a run is resumed.
+_TRAINING_MATH = ("precision", "accumulate_grad_batches", "gradient_clip_val", "gradient_clip_algorithm")
+
+
+def training_identity(resolved: dict[str, Any]) -> dict[str, Any]:
+    """The part of a resolved config that a checkpoint must match to be resumed: seed, model, data and the
+    trainer settings that change the arithmetic."""
+    trainer = resolved.get("trainer", {})
+    return {
+        "seed": resolved.get("seed"),
+        "model": resolved.get("model"),
+        "data": resolved.get("data"),
+        "trainer": {key: trainer.get(key) for key in _TRAINING_MATH},
+    }
+
+
 def code_version() -> str:
     """`git describe` of the source tree when it is a git checkout, else the installed package version."""
     source = Path(__file__).resolve().parent.parent

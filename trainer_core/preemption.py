@@ -92,6 +92,8 @@ class RunConfig:
     config: Mapping[str, Any] | None = None
     config_hash: str | None = None
     allow_config_change: bool = False
+    # How a user of this run overrides the refusal (the launcher names its own config key).
+    override_hint: str = "pass RunConfig(..., allow_config_change=True)"
 
     def digest(self) -> str | None:
         if self.config_hash is not None:
@@ -113,8 +115,8 @@ class RunConfig:
         what = f"the keys that differ: {keys}" if keys else "no config stored to name the differing keys"
         message = (
             f"Checkpoint {path!r} was written by a run with config hash {saved.get('config_hash')}, this run "
-            f"has {self.digest()} ({what}). Resume with the same config, start a new run, or pass "
-            "RunConfig(..., allow_config_change=True) to resume anyway"
+            f"has {self.digest()} ({what}). Resume with the same config, start a new run, or "
+            f"{self.override_hint} to resume anyway"
         )
         if not self.allow_config_change:
             raise CheckpointError(message)

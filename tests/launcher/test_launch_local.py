@@ -99,3 +99,24 @@ def test_a_failing_rank_fails_the_job_and_shows_its_traceback(tmp_path: Path) ->
     assert "Traceback" in result.stderr
     [run_dir] = run_dirs(tmp_path / "runs")
     assert manifest(run_dir)["status"] == "failed"
+
+
+@pytest.mark.timeout(240)
+def test_resuming_under_another_model_config_is_refused_unless_allowed(tmp_path: Path) -> None:
+    first = launch(tmp_path, *FAST)
+    assert first.returncode == 0, explain(first)
+    [run_dir] = run_dirs(tmp_path / "runs")
+    refused = launch(tmp_path, f"run.id={run_dir.name}", "trainer.max_epochs=2", "model.lr=0.1")
+    assert refused.returncode != 0, explain(refused)
+    output = refused.stdout + refused.stderr
+    assert "model.lr" in output and "run.allow_config_change=true" in output, explain(refused)
+    assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 5
+    allowed = launch(
+        tmp_path,
+        f"run.id={run_dir.name}",
+        "trainer.max_epochs=2",
+        "model.lr=0.1",
+        "run.allow_config_change=true",
+    )
+    assert allowed.returncode == 0, explain(allowed)
+    assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 10
