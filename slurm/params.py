@@ -181,6 +181,9 @@ def executor_parameters(cfg: SlurmConfig, devices: int, num_nodes: int, accelera
         # The job's submitit listens for the same signal that sbatch asks Slurm to send.
         "slurm_setup": [f"export SUBMITIT_PREEMPT_SIGNAL={signal_name}", *cfg.setup],
         "slurm_additional_parameters": _additional_parameters(cfg, signal_name),
+        # If one task dies before its process group exists (rank 0 finding its port taken, say), Slurm ends
+        # the others instead of leaving them waiting at the rendezvous.
+        "slurm_srun_args": ["--kill-on-bad-exit=1"],
     }
     return {key: value for key, value in params.items() if value is not None}
 
