@@ -40,6 +40,7 @@ REPO = Path(__file__).resolve().parents[1]
 STARTUP = REPO / "bench" / "startup"
 BIN = Path(sys.executable).parent
 STAMP_ENV = "STARTUP_STAMP"
+FAILED_DIR = Path(tempfile.gettempdir()) / "launch_startup_failures"  # output of failed runs, kept
 # Config errors that `launch` must report with exit code 2, and the limit each is held to (every repetition):
 # a bad override in under a second, an impossible resource request "in seconds" (DESIGN.md section 3).
 BAD_INPUTS: dict[str, tuple[list[str], float]] = {
@@ -110,10 +111,29 @@ def environment() -> dict[str, str]:
     return env
 
 
-def run_program(program: Program, workdir: Path, counter: itertools.count[int]) -> Timing:
+class ProgramFailed(RuntimeError):
+    """A program exited with an error; its output directory was kept for diagnosis."""
+
+
+def run_program(
+    program: Program, workdir: Path, counter: itertools.count[int], failures: list[str]
+) -> Timing:
+    """Run the program; after a failure, keep its output, note it in `failures` and run it once more.
+
+    A crash is a finding to report (it goes into the report's settings), but one crash should not throw
+    away the rest of a long interleaved measurement.
+    """
+    try:
+        return run_once(program, workdir, next(counter))
+    except ProgramFailed as error:
+        failures.append(str(error).splitlines()[0])
+        return run_once(program, workdir, next(counter))
+
+
+def run_once(program: Program, workdir: Path, number: int) -> Timing:
     """Start the program in a fresh output directory, wait for it, and read its first-step stamps."""
     # A plain directory name: it becomes part of Hydra overrides, whose grammar reserves "=" and spaces.
-    out = workdir / f"{re.sub(r'[^A-Za-z0-9_]', '_', program.name)}-{next(counter)}"
+    out = workdir / f"{re.sub(r'[^A-Za-z0-9_]', '_', program.name)}-{number}"
     out.mkdir(parents=True)
     stamp = out / "first_step.txt"
     env = {**environment(), STAMP_ENV: str(stamp)}
@@ -123,12 +143,16 @@ def run_program(program: Program, workdir: Path, counter: itertools.count[int]) 
             program.argv(out), cwd=workdir, env=env, stdout=output, stderr=subprocess.STDOUT, timeout=600
         )
         ended = time.time()
-    if completed.returncode != 0:
-        tail = (out / "output.txt").read_text()[-4000:]
-        raise RuntimeError(f"{program.name} exited with {completed.returncode}:\n{tail}")
     stamps = _read_stamps(stamp)
-    if len(stamps) != program.ranks:
-        raise RuntimeError(f"{program.name}: expected {program.ranks} first-step stamps in {stamp}: {stamps}")
+    if completed.returncode != 0 or len(stamps) != program.ranks:
+        FAILED_DIR.mkdir(exist_ok=True)
+        kept = Path(tempfile.mkdtemp(prefix=f"{out.name}-", dir=FAILED_DIR))
+        shutil.copytree(out, kept, dirs_exist_ok=True)
+        tail = (out / "output.txt").read_text()[-4000:]
+        raise ProgramFailed(
+            f"{program.name} exited with {completed.returncode} after {len(stamps)} of {program.ranks} "
+            f"first-step stamps; its output is kept in {kept}\n{tail}"
+        )
     return Timing(max(stamps.values()) - started, ended - started)
 
 
@@ -152,11 +176,13 @@ def time_failure(argv: list[str], workdir: Path, expected_code: int) -> float:
     return elapsed
 
 
-def measure_training(workdir: Path, repetitions: int, warm_up: bool, lightning: bool) -> list[Table]:
+def measure_training(
+    workdir: Path, repetitions: int, warm_up: bool, lightning: bool, failures: list[str]
+) -> list[Table]:
     """Every program, interleaved (one warm-up round first, not recorded); four tables."""
     counter = itertools.count()
     variants = {
-        program.name: (lambda program=program: run_program(program, workdir, counter))
+        program.name: functools.partial(run_program, program, workdir, counter, failures)
         for program in programs(workdir, lightning)
     }
     if warm_up:
@@ -243,8 +269,9 @@ def run(quick: bool = False) -> Report:
     load_before = os.getloadavg()[0]  # other work on the machine inflates every number
     lightning = lightning_available()
     workdir = Path(tempfile.mkdtemp(prefix="bench-startup-"))
+    failures: list[str] = []
     try:
-        tables = measure_training(workdir, repetitions, warm_up=not quick, lightning=lightning)
+        tables = measure_training(workdir, repetitions, not quick, lightning, failures)
         short_tables, checks = measure_short_commands(workdir, 2 if quick else 5, lightning)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
@@ -253,6 +280,7 @@ def run(quick: bool = False) -> Report:
         "load average before / after (1 min)": f"{load_before:.2f} / {os.getloadavg()[0]:.2f}",
         **versus_lightning(tables),
         **checks,
+        "failed runs (each run again once)": "; ".join(failures) or "none",
     }
     return Report(NAME, TITLE, [*tables, *short_tables], NOTES, settings)
 
