@@ -347,11 +347,19 @@ class Trainer(AttachedComponents):
             logger.log_metrics(metrics, step)
 
     # -- checkpoints ------------------------------------------------------------------------------------
-    def save_checkpoint(self, filepath: str | os.PathLike[str], weights_only: bool = False) -> None:
-        """Write the full training state (or only the weights) atomically; rank zero writes the file."""
+    def save_checkpoint(
+        self, filepath: str | os.PathLike[str], weights_only: bool = False, background: bool = False
+    ) -> None:
+        """Write the full training state (or only the weights) atomically; rank zero writes the file.
+
+        Every rank must call it. The file is committed when this returns; with `background=True` (what
+        `ModelCheckpoint` uses) the state is serialised before it returns and the commit (fsync, verify,
+        rename) follows on a background thread: `trainer_core.checkpoint.wait_for_pending()` waits for it, and
+        so do loading, deleting and the end of the stage.
+        """
         state = checkpointing.dump(self, weights_only)
         if self.is_global_zero:
-            checkpoint_io.save_atomic(state, filepath)
+            checkpoint_io.save_atomic(state, filepath, sync=not background)
 
     # -- rank helpers ---------------------------------------------------------------------------------------
     def broadcast(self, obj: Any, src: int = 0) -> Any:

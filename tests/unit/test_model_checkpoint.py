@@ -49,7 +49,7 @@ class FakeTrainer:
             return obj
         return self._channel.pop(0)
 
-    def save_checkpoint(self, path: str, weights_only: bool = False) -> None:
+    def save_checkpoint(self, path: str, weights_only: bool = False, background: bool = False) -> None:
         self.saved.append(path)
         directory = os.path.dirname(path)
         self.present_at_save.append(set(os.listdir(directory)) if os.path.isdir(directory) else set())

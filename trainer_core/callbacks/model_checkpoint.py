@@ -361,7 +361,7 @@ class ModelCheckpoint(Callback):
         if not trainer.is_global_zero:
             self.load_state_dict(plan.state)
         for path in plan.saves:
-            trainer.save_checkpoint(path, weights_only=self.save_weights_only)
+            trainer.save_checkpoint(path, weights_only=self.save_weights_only, background=True)
             self._last_global_step_saved = trainer.global_step
             if path == self.last_model_path:
                 self._last_global_step_saved_last = trainer.global_step
