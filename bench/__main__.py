@@ -13,6 +13,7 @@ import argparse
 import importlib
 import re
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -42,9 +43,16 @@ def _parse(argv: list[str], benchmarks: dict[str, str]) -> argparse.Namespace:
         "--quick", action="store_true", help="a smoke run: tiny sizes, numbers not meaningful"
     )
     parser.add_argument(
-        "--out", type=Path, default=RESULTS_DIR, help=f"output directory (default {RESULTS_DIR})"
+        "--out",
+        type=Path,
+        default=None,
+        help=f"output directory (default {RESULTS_DIR}; a --quick run defaults to a temporary directory, "
+        "so that its meaningless numbers never replace the committed results)",
     )
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.out is None:
+        args.out = Path(tempfile.mkdtemp(prefix="bench-quick-")) if args.quick else RESULTS_DIR
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
