@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 from launcher.config import JobConfig
 from launcher.errors import ConfigError, LaunchError
 from launcher.targets import check_arguments
 
 
 def gpu_count() -> int:
-    """The number of visible CUDA devices; imports torch, so only called when the answer matters."""
+    """The number of visible CUDA devices; 0 without importing torch (slow) when no GPU driver is present."""
+    driver_present = (
+        Path("/proc/driver/nvidia").exists()
+        or any(Path("/dev").glob("nvidia[0-9]*"))
+        or Path("/dev/kfd").exists()
+    )
+    if os.environ.get("CUDA_VISIBLE_DEVICES") == "" or not driver_present:
+        return 0
     import torch
 
     return int(torch.cuda.device_count())

@@ -157,6 +157,23 @@ def main() -> None:
     # so `launch` can show which rank failed and why.
     record(run)(Path(sys.argv[1]).resolve(), recorder=_recorder)
     ignore_from_now()  # a signal that comes while the finished rank exits must not fail it
+    _exit_finished_rank()
+
+
+def _exit_finished_rank() -> None:
+    """End a rank whose run finished, without the interpreter's teardown.
+
+    torch's Gloo teardown at interpreter exit now and then aborts ("terminate called without an active
+    exception") after a run that finished, which would report a finished job as failed. Everything the rank
+    wrote is flushed first: pending checkpoint commits, log handlers, the standard streams.
+    """
+    from trainer_core import checkpoint
+
+    checkpoint.wait_for_pending()
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 # Installed on import, before torch loads: a stop signal sent to a rank that is still starting is recorded,
