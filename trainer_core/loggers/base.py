@@ -167,6 +167,39 @@ def save_hparams_to_yaml(path: str, params: Mapping[str, Any]) -> None:
     os.replace(tmp, path)  # a reader never sees half a file
 
 
+class FolderLogger(Logger):
+    """A logger writing under `<save_dir>/<name>/<version>/`, where an int version is `version_<n>` and no
+    version means the next free number (TensorBoard's and CSV's layout)."""
+
+    _name: str
+    _save_dir: str
+    _version: int | str | None
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def version(self) -> int | str:
+        if self._version is None:
+            self._version = next_version(self.root_dir)
+        return self._version
+
+    @property
+    def save_dir(self) -> str:
+        return self._save_dir
+
+    @property
+    def root_dir(self) -> str:
+        return os.path.join(self._save_dir, self._name)
+
+    @property
+    def version_dir(self) -> str:
+        """`<root_dir>/<version>`: a string version as given, an int one as `version_<n>`."""
+        version = self.version if isinstance(self.version, str) else f"version_{self.version}"
+        return os.path.join(self.root_dir, version)
+
+
 def next_version(root: str) -> int:
     """One more than the highest `version_<n>` folder under `root` (0 when there is none)."""
     try:

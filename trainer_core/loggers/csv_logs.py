@@ -9,9 +9,8 @@ from typing import Any
 import torch
 
 from trainer_core.loggers.base import (
-    Logger,
+    FolderLogger,
     convert_params,
-    next_version,
     rank_zero_experiment,
     save_hparams_to_yaml,
 )
@@ -101,7 +100,7 @@ def _row_step(row: dict[str, Any]) -> float:
         return float("-inf")
 
 
-class CSVLogger(Logger):
+class CSVLogger(FolderLogger):
     """Log metrics to `save_dir/name/version_<n>/metrics.csv` and hyperparameters to `hparams.yaml`.
 
     Rows are buffered and written once `flush_logs_every_n_steps` rows have been logged, and at
@@ -128,27 +127,8 @@ class CSVLogger(Logger):
         self._rows_since_flush = 0
 
     @property
-    def name(self) -> str:
-        return self._name
-
-    @property
-    def version(self) -> int | str:
-        if self._version is None:
-            self._version = next_version(self.root_dir)
-        return self._version
-
-    @property
-    def save_dir(self) -> str:
-        return self._save_dir
-
-    @property
-    def root_dir(self) -> str:
-        return os.path.join(self._save_dir, self._name)
-
-    @property
     def log_dir(self) -> str:
-        version = self.version if isinstance(self.version, str) else f"version_{self.version}"
-        return os.path.join(self.root_dir, version)
+        return self.version_dir
 
     @property
     @rank_zero_experiment

@@ -11,10 +11,9 @@ import torch
 
 from trainer_core.loggers.base import (
     DummyExperiment,
-    Logger,
+    FolderLogger,
     convert_params,
     flatten_dict,
-    next_version,
     rank_zero_experiment,
     save_hparams_to_yaml,
     to_plain,
@@ -24,7 +23,7 @@ from trainer_core.rank_zero import rank_zero_only
 log = logging.getLogger(__name__)
 
 
-class TensorBoardLogger(Logger):
+class TensorBoardLogger(FolderLogger):
     """Log to TensorBoard event files in `save_dir/name/version_<n>` (Lightning's layout and arguments).
 
     `version=None` takes the next free `version_<n>`; an int names `version_<int>`; a string is used as the
@@ -62,27 +61,8 @@ class TensorBoardLogger(Logger):
 
     # -- where -----------------------------------------------------------------------------------------
     @property
-    def name(self) -> str:
-        return self._name
-
-    @property
-    def version(self) -> int | str:
-        if self._version is None:
-            self._version = next_version(self.root_dir)
-        return self._version
-
-    @property
-    def save_dir(self) -> str:
-        return self._save_dir
-
-    @property
-    def root_dir(self) -> str:
-        return os.path.join(self._save_dir, self._name)
-
-    @property
     def log_dir(self) -> str:
-        version = self.version if isinstance(self.version, str) else f"version_{self.version}"
-        log_dir = os.path.join(self.root_dir, version)
+        log_dir = self.version_dir
         if self._sub_dir is not None:
             log_dir = os.path.join(log_dir, self._sub_dir)
         return os.path.expandvars(os.path.expanduser(log_dir))
