@@ -10,7 +10,12 @@ checkpointing, progress bar and model summary are off for all three, so the tabl
 training step path itself. Process start and the rendezvous are outside the measurement: ranks time their
 own batches.
 
-Run as `python -m bench ddp_cpu`; `python -m bench.ddp_cpu VARIANT WORKLOAD OUT` is one rank of one run.
+Every rank writes its own result file and then ends without the interpreter's teardown (`os._exit(0)`, as
+`launcher/rank_main.py` ends a finished rank): torch's Gloo shutdown at interpreter exit sometimes aborts a
+process that has finished its work. A run counts only when every rank wrote its result; a run that lost a
+rank before that is run once more, and the report lists it.
+
+Run as `python -m bench ddp_cpu`; `python -m bench.ddp_cpu VARIANT WORKLOAD OUT_DIR` is one rank of one run.
 """
 
 from __future__ import annotations
@@ -210,48 +215,105 @@ def _framework(variant: str, workload: Workload) -> Timeline:
     return timeline
 
 
-def rank_main(variant: str, workload_name: str, out: Path, quick: bool) -> None:
-    """One rank of one run: train, and (rank zero) write the timing summary to `out`."""
+def rank_main(variant: str, workload_name: str, out_dir: Path, quick: bool) -> None:
+    """One rank of one run: train, write this rank's timings to `out_dir/rank<R>.json`, exit at once."""
     logging.disable(logging.WARNING)
     warnings.filterwarnings("ignore")
     torch.set_num_threads(1)
     workload = workloads(quick)[workload_name]
     timeline = _hand_ddp(workload) if variant == "hand_ddp" else _framework(variant, workload)
-    if os.environ["RANK"] == "0":
-        summary = {"steady": timeline.steady_step(), "with_epoch_ends": timeline.step_with_epoch_ends()}
-        out.write_text(json.dumps(summary))
+    summary = {"steady": timeline.steady_step(), "with_epoch_ends": timeline.step_with_epoch_ends()}
+    result = out_dir / f"rank{os.environ['RANK']}.json"
+    partial = result.with_suffix(".tmp")
+    partial.write_text(json.dumps(summary))
+    partial.replace(result)  # a reader never sees half a file
+    _exit_finished_rank()
+
+
+def _exit_finished_rank() -> None:
+    """End a rank whose result is written, skipping the interpreter teardown (its Gloo shutdown may abort)."""
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 # -- the runner's side ------------------------------------------------------------------------------------
+RANKS = 2
+RANK_TIMEOUT_S = 900
+
+
+class RunFailed(RuntimeError):
+    """A rank of one run ended (or hung) before writing its result file."""
+
+
 def _free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
 
 
-def run_job(variant: str, workload: str, quick: bool) -> dict[str, float]:
-    """Start 2 ranks of one run as torchrun would, wait for them, return rank zero's timings."""
-    port, workdir = _free_port(), Path(tempfile.mkdtemp(prefix="ddp_cpu_"))
-    out = workdir / "timing.json"
+def _rank_env(port: int) -> dict[str, str]:
     base = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "TORCHELASTIC"))}
-    base.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE="2", LOCAL_WORLD_SIZE="2",
-                OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))  # fmt: skip
-    command = [sys.executable, "-m", "bench.ddp_cpu", variant, workload, str(out)] + (["--quick"] * quick)
-    ranks = [
-        subprocess.Popen(
-            command,
-            env={**base, "RANK": str(r), "LOCAL_RANK": str(r)},
-            cwd=REPO,
-            stdout=subprocess.DEVNULL,
-            stderr=(workdir / f"rank{r}.err").open("w"),
+    base.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(RANKS),
+                LOCAL_WORLD_SIZE=str(RANKS), OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))  # fmt: skip
+    return base
+
+
+def _wait_all(ranks: list[subprocess.Popen[bytes]]) -> list[int | None]:
+    """Every rank's exit code; a rank still running after `RANK_TIMEOUT_S` is killed (its code is None)."""
+    deadline = time.monotonic() + RANK_TIMEOUT_S
+    codes: list[int | None] = []
+    for rank in ranks:
+        try:
+            codes.append(rank.wait(timeout=max(deadline - time.monotonic(), 0.1)))
+        except subprocess.TimeoutExpired:
+            codes.append(None)
+    for rank, code in zip(ranks, codes, strict=True):
+        if code is None:
+            rank.kill()
+            rank.wait()
+    return codes
+
+
+def run_once(variant: str, workload: str, quick: bool, notes: list[str]) -> dict[str, float]:
+    """Start the ranks of one run as torchrun would, wait for them, return rank zero's timings.
+
+    Raises `RunFailed` unless every rank wrote its result file; a rank that exits with an error after writing
+    it (a teardown abort) leaves its run good, and is recorded in `notes`.
+    """
+    port, workdir = _free_port(), Path(tempfile.mkdtemp(prefix="ddp_cpu_"))
+    command = [sys.executable, "-m", "bench.ddp_cpu", variant, workload, str(workdir)] + ["--quick"] * quick
+    ranks = []
+    for r in range(RANKS):
+        with (workdir / f"rank{r}.err").open("w") as stderr:
+            env = {**_rank_env(port), "RANK": str(r), "LOCAL_RANK": str(r)}
+            ranks.append(
+                subprocess.Popen(command, env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=stderr)
+            )
+    codes = _wait_all(ranks)
+    results = [workdir / f"rank{r}.json" for r in range(RANKS)]
+    missing = [r for r, path in enumerate(results) if not path.is_file()]
+    if missing:
+        errors = "\n".join(f"rank {r}: " + (workdir / f"rank{r}.err").read_text()[-3000:] for r in missing)
+        killed = f", None: killed after {RANK_TIMEOUT_S} s" if None in codes else ""
+        raise RunFailed(
+            f"{variant} on {workload}: rank(s) {missing} wrote no result (exit codes {codes}{killed}; output "
+            f"kept in {workdir})\n{errors}"
         )
-        for r in range(2)
-    ]
-    codes = [rank.wait(timeout=900) for rank in ranks]
-    if codes != [0, 0]:
-        errors = "\n".join((workdir / f"rank{r}.err").read_text()[-3000:] for r in range(2))
-        raise RuntimeError(f"{variant} on {workload} failed with exit codes {codes}:\n{errors}")
-    return dict(json.loads(out.read_text()))
+    if any(code != 0 for code in codes):
+        notes.append(f"{variant} on {workload}: exit codes {codes} after every rank wrote its result (kept)")
+    return dict(json.loads(results[0].read_text()))
+
+
+def run_job(variant: str, workload: str, quick: bool, failures: list[str]) -> dict[str, float]:
+    """One run; after a run that lost a rank, note it in `failures` and run it once more."""
+    try:
+        return run_once(variant, workload, quick, failures)
+    except RunFailed as error:
+        failures.append(str(error).splitlines()[0])
+        logging.getLogger(__name__).warning("%s; running it once more", error)
+        return run_once(variant, workload, quick, failures)
 
 
 def lightning_available() -> bool:
@@ -262,10 +324,10 @@ def lightning_available() -> bool:
     return True
 
 
-def measure(workload: Workload, quick: bool) -> list[Table]:
+def measure(workload: Workload, quick: bool, failures: list[str]) -> list[Table]:
     """Interleaved runs of every variant; per-step medians over the repetitions."""
     names = [v for v in VARIANTS if v != "lightning" or lightning_available()]
-    runs = {name: (lambda name=name: run_job(name, workload.name, quick)) for name in names}
+    runs = {name: (lambda name=name: run_job(name, workload.name, quick, failures)) for name in names}
     samples = interleaved(runs, workload.repetitions)
     shape = "->".join(map(str, workload.sizes))
     note = (f"{shape}, batch {workload.batch_size} per rank, {workload.samples} samples over 2 ranks, "
@@ -287,7 +349,9 @@ def measure(workload: Workload, quick: bool) -> list[Table]:
 
 def run(quick: bool = False) -> Report:
     """Both workloads, every variant, interleaved."""
-    tables = [table for workload in workloads(quick).values() for table in measure(workload, quick)]
+    load_before = os.getloadavg()[0]  # other work on the 2 cores inflates every number
+    failures: list[str] = []
+    tables = [table for workload in workloads(quick).values() for table in measure(workload, quick, failures)]
     notes = [
         "2 ranks as separate processes with torchrun's variables, Gloo, OMP_NUM_THREADS=1 each.",
         "Variants run interleaved (one run of each per round, order rotated every round).",
@@ -295,8 +359,17 @@ def run(quick: bool = False) -> Report:
         "wall time over all steps after the first epoch, validation and epoch ends included.",
         "The trainer core reduces sync_dist values when they are read (epoch end, logger write), not on "
         "every self.log call; with the logger off nothing reads the step value during the epoch.",
+        "Every rank writes its own result file and ends with os._exit(0) once it is written (Gloo's teardown "
+        "at interpreter exit sometimes aborts); a run counts only when every rank wrote its result, and a "
+        "run that lost a rank before that runs once more (listed under failed runs).",
     ]
-    settings = {"ranks": 2, "backend": "gloo", "lightning_strategy": "ddp"}
+    settings = {
+        "ranks": RANKS,
+        "backend": "gloo",
+        "lightning_strategy": "ddp",
+        "load average before / after (1 min)": f"{load_before:.2f} / {os.getloadavg()[0]:.2f}",
+        "failed runs (each run again once)": "; ".join(failures) or "none",
+    }
     return Report(NAME, TITLE, tables, notes, settings)
 
 
