@@ -10,14 +10,15 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from launcher.errors import ConfigError, LaunchError
+from launcher import warm
+from launcher.errors import CONFIG_ERROR_EXIT_CODE, LaunchError, exit_code_for
 
 if TYPE_CHECKING:
     from omegaconf import DictConfig
 
 log = logging.getLogger("launcher")
 
-EXIT_CONFIG_ERROR = 2
+EXIT_CONFIG_ERROR = CONFIG_ERROR_EXIT_CODE
 
 
 def conf_dir() -> Path:
@@ -32,6 +33,8 @@ def conf_dir() -> Path:
 
 
 _stopped: list[LaunchError] = []  # a local run that a stop signal ended cleanly (launcher.local.Stopped)
+_warm: list[warm.WarmJob] = []  # the job process started before composing (launcher.warm), until taken
+_job_exit: list[int] = []  # the exit code of the job that the job process ran
 _sweep_id: list[str] = []  # the id of the sweep this process runs, fixed by the first call
 
 
@@ -89,12 +92,17 @@ def _task(cfg: DictConfig) -> None:
     from launcher.local import Stopped, run_local
 
     hydra_cfg: DictConfig = HydraConfig.get()  # type: ignore[assignment]
+    job_process = _take_warm_job(local_run=cfg.get("cluster") is None and hydra_cfg.mode == RunMode.RUN)
     if cfg.get("cluster") is not None:
         _to_slurm(cfg, hydra_cfg)
         return
+    if job_process is not None:
+        prepared = prepare_run(cfg, hydra_cfg, check_targets=job_process.check_targets)
+        log.info("%s: %s", "resuming" if prepared.resumed else "run directory", prepared.run_dir)
+        _job_exit.append(job_process.run(prepared.run_dir))
+        return
     prepared = prepare_run(cfg, hydra_cfg)
-    action = "resuming" if prepared.resumed else "run directory"
-    log.info("%s: %s", action, prepared.run_dir)
+    log.info("%s: %s", "resuming" if prepared.resumed else "run directory", prepared.run_dir)
     try:
         run_local(prepared.run_dir, prepared.job)
     except Stopped as stopped:
@@ -103,6 +111,15 @@ def _task(cfg: DictConfig) -> None:
         _stopped.append(stopped)  # reported by `main` once Hydra returns, without Hydra's error banner
         return
     log.info("done: %s", prepared.run_dir)
+
+
+def _take_warm_job(local_run: bool) -> warm.WarmJob | None:
+    """The job process started before composing, for a local run; cancelled (and None) for anything else."""
+    job_process = _warm.pop() if _warm else None
+    if job_process is not None and not local_run:
+        job_process.cancel()
+        return None
+    return job_process
 
 
 def _to_slurm(cfg: DictConfig, hydra_cfg: DictConfig) -> None:
@@ -148,30 +165,29 @@ def main() -> None:
     # `_target_` classes of a project in the current directory import as they would under `python -m`
     # (which is how every rank starts, so the launcher and its ranks see the same modules).
     sys.path.insert(0, os.getcwd())
+    if warm.applies(sys.argv[1:]):
+        _warm.append(warm.WarmJob.start())  # imports torch while Hydra composes (on another core)
     try:
         _register()
         import hydra
 
         app = hydra.main(config_path=str(conf_dir()), config_name="config", version_base=None)(_task)
         app()
+        if _job_exit:
+            sys.exit(_job_exit[0])
         if _stopped:
             raise _stopped[0]
         _submit_queued_sweep()
-    except ConfigError as error:
-        _fail(str(error), EXIT_CONFIG_ERROR)
-    except LaunchError as error:
-        stopped = getattr(error, "exit_code", None)  # launcher.local.Stopped: a clean, resumable stop
-        if stopped is not None:
-            print(f"launch: {error}", file=sys.stderr)
-            sys.exit(stopped)
-        _fail(str(error), 1)
-    except KeyboardInterrupt:
-        _fail("interrupted", 130)
+    except (LaunchError, KeyboardInterrupt) as error:
+        sys.exit(exit_code_for(error))
     except Exception as error:
         message = _describe_hydra_error(error)
         if message is None:
             raise
         _fail(message, EXIT_CONFIG_ERROR)
+    finally:
+        for job_process in _warm:  # not taken: the config was refused, or Hydra ran no job
+            job_process.cancel()
 
 
 def _fail(message: str, code: int) -> None:

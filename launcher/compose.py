@@ -6,6 +6,7 @@ Runs in the `launch` process only. Ranks read what this writes; they never run H
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,8 +34,14 @@ class PreparedRun:
     resumed: bool  # an existing run continues from its last.ckpt
 
 
-def prepare_run(cfg: DictConfig, hydra_cfg: DictConfig) -> PreparedRun:
-    """Validate the composed config, fix the run directory and write the resolved config and manifest."""
+def prepare_run(
+    cfg: DictConfig, hydra_cfg: DictConfig, check_targets: Callable[[JobConfig], None] = check_targets
+) -> PreparedRun:
+    """Validate the composed config, fix the run directory and write the resolved config and manifest.
+
+    `check_targets` imports the model and data classes and checks their arguments (by default here; a
+    local run asks its job process, `launcher.warm`, so that this process never imports torch).
+    """
     cfg.run.root = str(Path(cfg.run.root).expanduser().resolve())
     resolved = _plain(OmegaConf.to_container(cfg, resolve=True))
     job = job_from_dict(resolved)

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 
 class LaunchError(Exception):
-    """A job that could not be started or that failed; `launch` exits with code 1."""
+    """A job that could not be started or that failed; `launch` exits with code 1.
+
+    A subclass whose `exit_code` is set is not a failure but an outcome with its own code (a job stopped
+    by a signal), and its message is printed without "error:".
+    """
+
+    exit_code: int | None = None
 
 
 class ConfigError(LaunchError, ValueError):
@@ -12,3 +18,26 @@ class ConfigError(LaunchError, ValueError):
 
     The message names the key, the value and the fix.
     """
+
+
+CONFIG_ERROR_EXIT_CODE = 2
+
+
+def exit_code_for(error: LaunchError | KeyboardInterrupt) -> int:
+    """Print what `launch` says about the error that ends it (on stderr) and return its exit code.
+
+    A config error exits with 2, a failed job with 1, a Ctrl-C that stopped the job at once with 130; a
+    clean, resumable stop (`launcher.local.Stopped`) with its own code, 128 + the signal's number.
+    """
+    import sys
+
+    if isinstance(error, KeyboardInterrupt):
+        message, code = "error: interrupted", 130
+    elif isinstance(error, ConfigError):
+        message, code = f"error: {error}", CONFIG_ERROR_EXIT_CODE
+    elif error.exit_code is not None:
+        message, code = str(error), error.exit_code
+    else:
+        message, code = f"error: {error}", 1
+    print(f"launch: {message}", file=sys.stderr)
+    return code

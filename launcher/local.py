@@ -47,16 +47,18 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def run_local(run_dir: Path, job: JobConfig) -> None:
+def run_local(run_dir: Path, job: JobConfig, recorder: SignalRecorder | None = None) -> None:
     """Run the job on this machine; the manifest says "failed" or "interrupted" if it did not finish.
 
     A stop signal (Ctrl-C, SIGTERM, SIGUSR2) makes every rank save last.ckpt and stop; this raises `Stopped`.
+    `recorder`: the stop signals this process recorded before the job started (one stops it at once).
     """
+    recorder = recorder if recorder is not None else SignalRecorder()
     try:
         if job.trainer.devices == 1:
-            signum = _run_in_process(run_dir)
+            signum = _run_in_process(run_dir, recorder)
         else:
-            signum = _run_elastic(run_dir, job.trainer.devices)
+            signum = _run_elastic(run_dir, job.trainer.devices, recorder.received)
     except BaseException as error:
         status = "interrupted" if isinstance(error, (KeyboardInterrupt, Interrupted)) else "failed"
         if rundir.read_manifest(run_dir).get("status") in ("running", "preempted"):
@@ -79,28 +81,32 @@ def _stopped(run_dir: Path, signum: int) -> Stopped:
     )
 
 
-def _run_in_process(run_dir: Path) -> int | None:
+def _run_in_process(run_dir: Path, recorder: SignalRecorder) -> int | None:
     """One rank in this process; the stop signal that ended fit early, or None when it finished."""
     from launcher import rank_main
 
-    recorder = SignalRecorder().install()
+    ours = not recorder.installed
+    if ours:
+        recorder.install()
     try:
         outcome = rank_main.run(run_dir, in_launcher=True, recorder=recorder)
     finally:
-        recorder.restore()
+        if ours:
+            recorder.restore()
     return outcome.stop_signal if outcome.status == "preempted" else None
 
 
-def _run_elastic(run_dir: Path, nproc: int) -> int | None:
+def _run_elastic(run_dir: Path, nproc: int, received: int | None = None) -> int | None:
     """N ranks under torch's elastic agent, in a thread; this (main) thread forwards stop signals to them.
 
     In a thread, the agent installs no signal handlers of its own (it does so only on the main thread):
     its handler would pass SIGTERM on and SIGKILL the ranks 30 s later, even while they write a checkpoint.
+    `received`: a stop signal that came before the ranks started; they get it as soon as they can.
     Returns the stop signal when the ranks stopped early with last.ckpt committed, else None.
     """
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 
-    forwarder = Forwarder(rank_pids)
+    forwarder = Forwarder(rank_pids, received)
     errors: list[BaseException] = []
     agent = threading.Thread(
         target=_agent_main, args=(run_dir, nproc, errors), name="elastic-agent", daemon=True

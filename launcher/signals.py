@@ -62,6 +62,11 @@ class SignalRecorder:
             signal.signal(number, previous)
         self._previous.clear()
 
+    @property
+    def installed(self) -> bool:
+        """Whether this recorder handles signals now."""
+        return bool(self._previous)
+
     def _record(self, signum: int, frame: FrameType | None) -> None:
         # Only bookkeeping: the trainer saves at a step boundary, never inside a handler.
         if signum == signal.SIGINT:
@@ -89,10 +94,11 @@ def ignore_from_now(numbers: Iterable[int] = STOP_SIGNALS) -> None:
 class Forwarder:
     """In `launch`: the first stop signal goes to every rank; a second one kills the ranks at once."""
 
-    def __init__(self, ranks: Callable[[], list[int]]) -> None:
+    def __init__(self, ranks: Callable[[], list[int]], received: int | None = None) -> None:
         self._ranks = ranks  # the rank processes' PIDs now (each leads its own process group)
-        self.received: int | None = None
-        self.count = 0
+        # A stop signal that came before: passed on by `follow_up` as the ranks become ready.
+        self.received: int | None = received
+        self.count = 0 if received is None else 1
         self._signalled: set[int] = set()
         self._previous: dict[int, Any] = {}
 
