@@ -1,7 +1,13 @@
 """GPU DDP throughput: a GPT-like model trained by hand-written DDP, the trainer core and Lightning.
 
 One process per GPU, started by `torchrun`; each invocation measures one implementation and appends one JSON
-line to `--out`. `bench/gpu_suite.sh` runs the implementations interleaved on 1 and 2 GPUs.
+line to `--out`. `bench/gpu_suite.sh` runs the implementations interleaved on 1, 2, 4 and 8 GPUs (as many as
+the machine has).
+
+The hand-written loop wraps the model in `DistributedDataParallel` only with more than one process, as a
+script written for one or several GPUs does (`if world_size > 1: model = DDP(model)`); the trainer core and
+Lightning do the same on one device. So every implementation's 1-GPU number is a plain single-GPU loop, and
+the N-GPU / 1-GPU scaling of each compares like with like.
 
     torchrun --nproc-per-node=2 bench/gpu_ddp.py --impl tc --out results.jsonl
 """
@@ -156,7 +162,9 @@ def run_hand(args: argparse.Namespace, clock: StepClock) -> None:
     if on_gpu:
         torch.cuda.set_device(local_rank)
     network, loss_fn, dataset = workload(args)
-    model = DDP(network.to(device), device_ids=[local_rank] if on_gpu else None)
+    model = network.to(device)
+    if dist.get_world_size() > 1:
+        model = DDP(model, device_ids=[local_rank] if on_gpu else None)
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-4)
     loader = DataLoader(dataset, args.batch, sampler=DistributedSampler(dataset), drop_last=True)
     step = 0
@@ -268,7 +276,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=16, help="samples per GPU per step")
     parser.add_argument("--seq", type=int, default=512)
     parser.add_argument("--warmup", type=int, default=10)
-    parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--steps", type=int, default=120)
     parser.add_argument("--workdir", default="/tmp/gpu-bench")
     parser.add_argument("--out", required=True)
     args = parser.parse_args()

@@ -29,15 +29,17 @@ def machine() -> str:
 def table(runs: dict[tuple[str, int], list[float]]) -> list[str]:
     median = {key: statistics.median(values) for key, values in runs.items()}
     lines = [
-        "| implementation | GPUs | samples/s (median) | runs (min-max) | vs hand DDP | 2-GPU/1-GPU |",
-        "| --- | --- | --- | --- | --- | --- |",
+        "| implementation | GPUs | samples/s (median) | runs (min-max) | vs hand DDP | N-GPU/1-GPU | "
+        "scaling efficiency |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     for (impl, gpus), value in sorted(median.items(), key=lambda kv: (kv[0][1], kv[0][0])):
         hand, one_gpu = median.get(("hand", gpus)), median.get((impl, 1))
         ratio = f"{value / hand:.3f}x" if hand else "-"
         scaling = f"{value / one_gpu:.3f}x" if gpus > 1 and one_gpu else "-"
+        efficiency = f"{value / one_gpu / gpus:.1%}" if gpus > 1 and one_gpu else "-"
         spread = f"{min(runs[(impl, gpus)]):.1f}-{max(runs[(impl, gpus)]):.1f}"
-        lines.append(f"| {impl} | {gpus} | {value:.1f} | {spread} | {ratio} | {scaling} |")
+        lines.append(f"| {impl} | {gpus} | {value:.1f} | {spread} | {ratio} | {scaling} | {efficiency} |")
     return lines
 
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# GPU benchmark suite for a machine with 1 or 2 NVIDIA GPUs: the GPT-like DDP model by hand-written DDP, the
-# trainer core and Lightning, interleaved, on 1 and 2 GPUs, two repetitions each; then a Markdown table.
+# GPU benchmark suite: the GPT-like DDP model by hand-written DDP, the trainer core and Lightning, interleaved,
+# on 1, 2, 4 and 8 GPUs (those the machine has), REPS repetitions each; then a Markdown table with scaling.
 #   bash bench/gpu_suite.sh OUT_DIR [REPS]
 set -uo pipefail
 out="${1:?usage: gpu_suite.sh OUT_DIR [REPS]}"
@@ -13,7 +13,7 @@ impls="hand tc lightning"
 declare -A model_args=([gpt]="" [tiny]="--batch 64 --warmup 50 --steps 400")
 python3 -c 'import lightning' 2>/dev/null || impls="hand tc"
 for rep in $(seq "$reps"); do
-    for gpus in 1 2; do
+    for gpus in 1 2 4 8; do
         [ "$gpus" -le "$gpus_available" ] || continue
         for model in gpt tiny; do
             # The tiny model measures framework overhead, which varies little: one repetition is enough.

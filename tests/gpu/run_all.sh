@@ -25,4 +25,4 @@ timeout 120 python3 tests/gpu/check_device_stats.py "$out/stats" 2>&1 | tail -25
 fi
 [ "$phase" = tests ] && exit 0
 echo "== GPU benchmark"
-timeout 420 bash bench/gpu_suite.sh "$out/bench" 2
+timeout 560 bash bench/gpu_suite.sh "$out/bench" 2
