@@ -2,6 +2,7 @@
 point, `last.ckpt` is written, and the resumed run ends with weights equal bit for bit to the run that never
 stopped (and with the same epoch metrics). A mid-epoch checkpoint also carries over between 1 and 2 ranks
 when its samples seen split into whole batches, and is refused naming both numbers of ranks when not.
+The bodies read their number of ranks from torchrun's WORLD_SIZE; test_world_sizes.py runs them on more.
 """
 
 from __future__ import annotations
@@ -22,13 +23,16 @@ RunRanks = Callable[..., Any]  # the `run_ranks` fixture of conftest.py
 
 pytestmark = pytest.mark.multiproc
 
-# Every body starts from this. 64 training samples in batches of 4: 8 batches per rank and epoch; 41
-# validation samples: shards of 21 and 20, so rank 0 has 6 validation batches and rank 1 has 5.
+# Every body starts from this, on as many ranks as torchrun started (WORLD). 32 training samples per rank in
+# batches of 4: 8 batches per rank and epoch; 41 validation samples: on 2 ranks, shards of 21 and 20, so rank
+# 0 has 6 validation batches and rank 1 has 5. The last rank (rank 1 of 2) is the one that gets the signal.
 SETUP = """
 import os, signal
 import torch
 import trainer_core as tc
 from tests.multiproc.ddp_models import IndexedPoints, loader, quiet_trainer
+
+WORLD = int(os.environ["WORLD_SIZE"])
 
 class Noisy(tc.TrainingModule):
     '''Dropout, Adam and a per-step scheduler: state an exact resume must restore; records epoch metrics.'''
@@ -61,10 +65,10 @@ class Noisy(tc.TrainingModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
 def signal_at(hook, when):
-    '''A callback that sends SIGUSR2 to rank 1 only, from `hook`, the first time `when(trainer, *args)`.'''
+    '''A callback that sends SIGUSR2 to the last rank only, from `hook`, the first time `when(...)` holds.'''
     sent = []
     def fire(self, trainer, pl_module, *args):
-        if trainer.global_rank == 1 and not sent and when(trainer, *args):
+        if trainer.global_rank == WORLD - 1 and not sent and when(trainer, *args):
             sent.append(True)
             os.kill(os.getpid(), signal.SIGUSR2)
     return type("SignalAt", (tc.callbacks.Callback,), {hook: fire})()
@@ -73,11 +77,11 @@ def fit(root, callbacks=(), ckpt_path=None, **settings):
     tc.seed_everything(5)
     model = Noisy()
     options = dict(
-        devices=2, max_epochs=3, val_check_interval=0.5, deterministic=True, default_root_dir=root,
+        devices=WORLD, max_epochs=3, val_check_interval=0.5, deterministic=True, default_root_dir=root,
         callbacks=list(callbacks), plugins=[tc.PreemptionSignals(vote_every_s=0)],  # vote at every check
     )
     trainer = quiet_trainer(**{**options, **settings})
-    train, val = loader(64, 4, shuffle=True), loader(41, 4)
+    train, val = loader(32 * WORLD, 4, shuffle=True), loader(41, 4)
     trainer.fit(model, train, val, ckpt_path=ckpt_path)
     return model, trainer
 
@@ -89,7 +93,7 @@ def params(model):
     return {name: value.detach().clone() for name, value in model.named_parameters()}
 """
 
-# Where rank 1 gets its signal: the hook and when (the trainer and the hook's arguments), per point.
+# Where the last rank gets its signal: the hook and when (the trainer and the hook's arguments), per point.
 POINTS = {
     "mid_epoch": ("on_train_batch_end", "lambda t, *a: t.global_step == 5", {}),
     "inside_validation": (
@@ -112,8 +116,10 @@ run = os.path.join(root, "run")
 _, stopped = fit(run, [signal_at({hook}, {when})], **{settings})
 saved = last(run)
 resumed, trainer = fit(run, ckpt_path="last", **{settings})
-same = all(torch.equal(a, b) for a, b in zip(params(straight).values(), params(resumed).values()))
+pairs = list(zip(params(straight).values(), params(resumed).values()))
+same = all(torch.equal(a, b) for a, b in pairs)
 save_result({
+    "max_difference": max(float((a - b).abs().max()) for a, b in pairs), "device": str(resumed.device),
     "status": stopped.state.status, "received": stopped.received_signal, "step": stopped.global_step,
     "saved_step": saved["global_step"], "loops": saved["loops"], "final_status": trainer.state.status,
     "final_step": trainer.global_step, "straight_step": straight.trainer.global_step, "same_weights": same,
@@ -129,19 +135,38 @@ def body(text: str, **values: Any) -> str:
     return SETUP + text
 
 
-def _assert_resumed_exactly(results: list[dict[str, Any]]) -> None:
+def assert_resumed_exactly(results: list[dict[str, Any]], exact: bool = True) -> None:
+    """Every rank ends where the uninterrupted run ended, with its weights and its epoch metrics.
+
+    `exact`: bit for bit (CPU, deterministic). Otherwise (CUDA, whose kernels need not be bit-reproducible)
+    the weights agree to within 1e-5 and the epoch losses to a relative 1e-5.
+    """
     for rank, result in enumerate(results):
-        assert result["same_weights"], f"rank {rank}: resumed weights differ from the uninterrupted run's"
+        if exact:
+            assert result["same_weights"], f"rank {rank}: resumed weights differ from the uninterrupted run's"
+        else:
+            assert result["max_difference"] <= 1e-5, (rank, result["max_difference"])
         assert result["final_status"] == "finished"
         assert result["final_step"] == result["straight_step"]
-        # The epochs the resumed run ended have the uninterrupted run's epoch metrics, bit for bit.
+        # The epochs the resumed run ended have the uninterrupted run's epoch metrics.
+        assert result["resumed_losses"], rank
         for epoch, values in result["resumed_losses"].items():
-            assert values == result["straight_losses"][epoch], (rank, epoch)
-    # The sync_dist epoch loss is the same on both ranks; the rank-local one is not.
+            expected = result["straight_losses"][epoch]
+            assert values == (expected if exact else pytest.approx(expected, rel=1e-5)), (rank, epoch)
+    # The sync_dist epoch loss is the same on every rank; the rank-local one differs from rank zero's.
     by_rank = [result["straight_losses"] for result in results]
-    assert all(
-        by_rank[0][e][0] == by_rank[1][e][0] and by_rank[0][e][1] != by_rank[1][e][1] for e in by_rank[0]
-    )
+    for other in by_rank[1:]:
+        assert all(by_rank[0][e][0] == other[e][0] and by_rank[0][e][1] != other[e][1] for e in by_rank[0])
+
+
+def assert_stopped_together(results: list[dict[str, Any]]) -> None:
+    """Every rank stopped preempted at one step inside the run, the step that `last.ckpt` holds, although
+    only the last rank received the signal (the others stopped because the ranks agreed)."""
+    for result in results:
+        assert result["status"] == "preempted"
+        assert result["saved_step"] == result["step"] == results[0]["step"]
+        assert 0 < result["step"] < result["straight_step"]
+    assert [r["received"] for r in results] == [None] * (len(results) - 1) + [signal.SIGUSR2]
 
 
 @pytest.mark.timeout(240)
@@ -153,12 +178,7 @@ def test_signal_on_one_rank_stops_both_and_resume_is_exact(
     script = body(INTERRUPT_AND_RESUME, root=str(tmp_path), settings=settings, hook=repr(hook), when=when)
     job = run_ranks(script, nprocs=2, timeout=200)
     job.assert_succeeded()
-    for result in job.results:
-        assert result["status"] == "preempted"
-        assert result["saved_step"] == result["step"] == job.results[0]["step"]
-        assert 0 < result["step"] < result["straight_step"]
-    # Only rank 1 received the signal; rank 0 stopped because the ranks agreed.
-    assert [r["received"] for r in job.results] == [None, signal.SIGUSR2]
+    assert_stopped_together(job.results)
     loops = job.results[0]["loops"]
     if point == "inside_validation":
         assert loops["validation_pending"] and loops["epoch"] == 1
@@ -166,7 +186,7 @@ def test_signal_on_one_rank_stops_both_and_resume_is_exact(
         assert loops["epoch"] == 1 and loops["epoch_batches"] == 0
     if point == "accumulation_window":
         assert loops["accumulated_batches"] == 0 and loops["epoch_batches"] == 6
-    _assert_resumed_exactly(job.results)
+    assert_resumed_exactly(job.results)
 
 
 TWICE = """
@@ -196,7 +216,7 @@ def test_twice_in_one_epoch(run_ranks: RunRanks, tmp_path: Path) -> None:
         first, second = result["steps"]
         assert 0 < first < second < 8  # both inside epoch 0
         assert [n for n in result["names"] if n.endswith(".ckpt")] == ["last.ckpt"]
-    _assert_resumed_exactly(job.results)
+    assert_resumed_exactly(job.results)
 
 
 # -- another number of ranks ----------------------------------------------------------------------------

@@ -31,6 +31,7 @@ ACCELERATOR = {"gloo": "cpu", "nccl": "gpu"}
 
 # Every body starts from this: the test models and a seeded process.
 SETUP = """
+import os
 import torch
 import trainer_core as tc
 from tests.multiproc.ddp_models import (
@@ -81,45 +82,66 @@ save_result({"weights": weights(model), "world_size": trainer.world_size, "steps
             assert torch.allclose(torch.tensor(result["weights"][name]), torch.tensor(values), atol=1e-5)
 
 
-@pytest.mark.timeout(180)
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_samplers_exactly_once_evaluation_synced_metrics_and_predictions(
-    run_ranks: RunRanks, backend: str
-) -> None:
-    script = body(
-        """
+# Fit with 40 shuffled training samples and 101 validation samples (batches of 10), then test and predict on
+# the 101, on as many ranks as torchrun started (its WORLD_SIZE): 101 is divisible by no world size tested.
+EXACTLY_ONCE = """
+world = int(os.environ["WORLD_SIZE"])
 model = Regression()
-trainer = quiet_trainer(accelerator={accelerator}, devices=2, max_epochs=2)
+trainer = quiet_trainer(accelerator={accelerator}, devices=world, max_epochs=2)
 trainer.fit(model, loader(40, batch_size=4, shuffle=True), loader(101, batch_size=10))
 fit_metrics = floats(trainer.callback_metrics)
 test_metrics = trainer.test(model, loader(101, batch_size=10))[0]
 predictions = trainer.predict(model, loader(101, batch_size=10))
 flat = None if predictions is None else [int(v) for batch in predictions for v in batch]
-save_result({"seen": model.seen, "fit": fit_metrics, "test": test_metrics, "predictions": flat})
-""",
-        accelerator=ACCELERATOR[backend],
-    )
-    job = run_ranks(script)
-    job.assert_succeeded()
-    zero, one = job.results
+save_result({"seen": model.seen, "fit": fit_metrics, "test": test_metrics, "predictions": flat,
+             "world_size": trainer.world_size, "device": str(model.device)})
+"""
+
+
+def shard(size: int, world: int, rank: int) -> list[int]:
+    """The contiguous evaluation shard of `size` samples that rank `rank` reads (no padding)."""
+    base, extra = divmod(size, world)
+    start = rank * base + min(rank, extra)
+    return list(range(start, start + base + (1 if rank < extra else 0)))
+
+
+def check_exactly_once(results: list[dict[str, Any]], backend: str) -> None:
+    """The assertions on every rank's result of EXACTLY_ONCE, for any number of ranks."""
+    world = len(results)
+    for rank, result in enumerate(results):
+        assert result["world_size"] == world, rank
+        assert result["device"] == (f"cuda:{rank}" if backend == "nccl" else "cpu"), rank
     for epoch in range(2):  # training: disjoint shards covering the set, a new shuffle every epoch
-        shards = [zero["seen"]["train"][epoch], one["seen"]["train"][epoch]]
-        assert len(shards[0]) == len(shards[1]) == 20
-        assert sorted(shards[0] + shards[1]) == list(range(40))
-    assert zero["seen"]["train"][0] != zero["seen"]["train"][1]
-    assert zero["seen"]["train"][0] != sorted(zero["seen"]["train"][0])
-    # validation (two epochs) and test: every sample once per pass, contiguous shards of 51 and 50
-    assert sorted(zero["seen"]["test"] + one["seen"]["test"]) == list(range(101))
-    assert sorted(zero["seen"]["val"] + one["seen"]["val"]) == sorted(2 * list(range(101)))
+        shards = [result["seen"]["train"][epoch] for result in results]
+        assert [len(s) for s in shards] == [40 // world] * world, epoch
+        assert sorted(i for s in shards for i in s) == list(range(40)), epoch
+    for result in results:
+        assert result["seen"]["train"][0] != result["seen"]["train"][1]
+    assert results[0]["seen"]["train"][0] != sorted(results[0]["seen"]["train"][0])
+    # validation (two epochs) and test: every sample once per pass, in contiguous shards in dataset order
+    assert sorted(i for result in results for i in result["seen"]["test"]) == list(range(101))
+    assert sorted(i for result in results for i in result["seen"]["val"]) == sorted(2 * list(range(101)))
     expected = {"v_mean": 50.0, "v_sum": 5050.0, "v_max": 100.0, "v_min": 0.0}
-    for result in job.results:
+    for rank, result in enumerate(results):
+        own = shard(101, world, rank)
+        assert result["seen"]["test"] == own and result["seen"]["val"] == own + own, rank
         for name, value in expected.items():
-            assert result["fit"][name] == pytest.approx(value), name
-            assert result["test"][name] == pytest.approx(value), name
-    assert zero["test"]["v_local"] == pytest.approx(25.0)  # rank zero's own shard: 0..50
-    assert one["test"]["v_local"] == pytest.approx(75.5)  # rank one's: 51..100
-    assert zero["predictions"] == [10 * i for i in range(101)]
-    assert one["predictions"] is None
+            assert result["fit"][name] == pytest.approx(value), (rank, name)
+            assert result["test"][name] == pytest.approx(value), (rank, name)
+        # without sync_dist, each rank's own shard (2 ranks: 0..50 gives 25.0 and 51..100 gives 75.5)
+        assert result["test"]["v_local"] == pytest.approx(sum(own) / len(own)), rank
+    assert results[0]["predictions"] == [10 * i for i in range(101)]
+    assert [result["predictions"] for result in results[1:]] == [None] * (world - 1)
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_samplers_exactly_once_evaluation_synced_metrics_and_predictions(
+    run_ranks: RunRanks, backend: str
+) -> None:
+    job = run_ranks(body(EXACTLY_ONCE, accelerator=ACCELERATOR[backend]), nprocs=2)
+    job.assert_succeeded()
+    check_exactly_once(job.results, backend)
 
 
 @pytest.mark.timeout(180)
