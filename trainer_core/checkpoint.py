@@ -9,6 +9,10 @@ torn one, and at most a temporary file (`.<name>.tmp-<pid>-<id>`) that resume ig
 that target deletes once its writer is gone. The directory is not fsynced after the rename: that matters only
 on power loss, and then the name still points at the previous complete file, which `verify` accepts.
 
+Retention deletes through the same queue: `remove(path, background=True)` returns at once and the committer
+deletes the file after every commit queued before it, and only if none of them failed, so an old file goes
+only once its replacement is committed, and the training thread never waits for a commit's fsync.
+
 `load`, `verify`, `newest_verified` and `remove` wait for pending commits first; a failed commit is raised
 there, at the next save or by `wait_for_pending()` (called at the end of every trainer stage and at exit) as a
 `CheckpointError` naming the file. A save waits only while two commits to its path are pending (a bound on
@@ -34,7 +38,6 @@ import os
 import queue
 import threading
 import time
-import uuid
 import zipfile
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -89,7 +92,8 @@ class _Spool:
         self._file: IO[bytes] | None = None
 
     def write(self, data: Any) -> int:
-        size = memoryview(data).nbytes  # torch's writer passes memoryviews
+        # torch's writer passes byte memoryviews (a hundred per small save, so no new memoryview each time)
+        size = data.nbytes if type(data) is memoryview else memoryview(data).nbytes
         if self._memory is not None and self.size + size <= self._limit:
             written = self._memory.write(data)
         else:
@@ -116,7 +120,11 @@ class _Spool:
             self._file.close()
 
     def _spill(self) -> IO[bytes]:
-        self._file = open(self.temporary, "xb")  # noqa: SIM115 (closed by to_disk or close)
+        try:
+            self._file = open(self.temporary, "xb")  # noqa: SIM115 (closed by to_disk or close)
+        except FileNotFoundError:  # the first save to a directory: made here, off the caller for small saves
+            self.temporary.parent.mkdir(parents=True, exist_ok=True)
+            self._file = open(self.temporary, "xb")  # noqa: SIM115
         if self._memory is not None:
             with self._memory.getbuffer() as written_so_far:
                 self._file.write(written_so_far)
@@ -133,16 +141,23 @@ class _Commit:
     position: dict[str, int]
 
 
+@dataclasses.dataclass
+class _Removal:
+    """A checkpoint to delete once every commit queued before it has landed."""
+
+    target: Path
+    failures_before: int  # commit failures counted when it was queued: one more cancels the deletion
+
+
 def _key(path: str | os.PathLike[str]) -> Path:
     """One spelling per file, so that waits for "ckpts/last.ckpt" and its absolute path are the same wait."""
     return Path(os.path.abspath(path))
 
 
 def _write_temporary(state: Mapping[str, Any], target: Path) -> _Commit:
-    temporary = target.with_name(f".{target.name}{_TEMPORARY_MARK}{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    temporary = target.with_name(f".{target.name}{_TEMPORARY_MARK}{os.getpid()}-{os.urandom(4).hex()}")
     spool = _Spool(temporary, _IN_MEMORY_LIMIT)
     try:
-        target.parent.mkdir(parents=True, exist_ok=True)
         _serialize(state, spool)
         spool.flush()
         return _Commit(target, spool, _position(state))
@@ -313,15 +328,33 @@ def _discard(path: Path) -> None:
         path.unlink()
 
 
-def remove(path: str | os.PathLike[str]) -> None:
+def remove(path: str | os.PathLike[str], *, background: bool = False) -> None:
     """Delete a checkpoint and its manifest (retention of top-k files); a missing file is not an error.
 
-    Waits for every pending commit first and raises a failed one, so that an old file is deleted only once
-    the file that replaces it is committed.
+    An old file is deleted only once the files saved before this call are committed, and not at all if one
+    of them failed (that failure is raised instead). Without `background` this waits for those commits; with
+    it the deletion is queued behind them and this returns at once (a failure surfaces at the next save or
+    wait, as a commit's does).
     """
+    if background:
+        _committer.submit_removal(_key(path))
+        return
     _committer.wait()
-    _remove_quietly(Path(path))
-    _remove_quietly(manifest_path(path))
+    _delete(Path(path))
+
+
+def exists(path: str | os.PathLike[str]) -> bool:
+    """Whether a checkpoint will be at `path` once the saves and removals queued so far are done.
+
+    Does not wait: a file whose deletion is queued counts as gone, a save still committing as there.
+    """
+    queued = _committer.last_queued(_key(path))
+    return os.path.exists(path) if queued is None else isinstance(queued, _Commit)
+
+
+def _delete(target: Path) -> None:
+    _remove_quietly(target)
+    _remove_quietly(manifest_path(target))
 
 
 def verify(path: str | os.PathLike[str], deep: bool = False) -> bool:
@@ -419,46 +452,59 @@ def _unreadable_message(target: Path, error: Exception) -> str:
 
 
 class _Committer:
-    """One background thread that commits saved checkpoints in the order they were saved (FIFO)."""
+    """One background thread that commits saved checkpoints, and deletes retired ones, in queue order."""
 
     def __init__(self) -> None:
-        self._jobs: queue.SimpleQueue[_Commit] = queue.SimpleQueue()
+        self._jobs: queue.SimpleQueue[_Commit | _Removal] = queue.SimpleQueue()
         self._changed = threading.Condition()
-        self._pending: Counter[Path] = Counter()  # targets with commits queued or running
-        self._errors: list[CheckpointError] = []  # failed commits not yet raised to a caller
+        self._pending: Counter[Path] = Counter()  # targets with commits or removals queued or running
+        self._last: dict[Path, _Commit | _Removal] = {}  # per pending target, the job queued last
+        self._errors: list[CheckpointError] = []  # failures not yet raised to a caller
+        self._failed_commits = 0  # so far: a removal skips when one failed after it was queued
         self._thread: threading.Thread | None = None
 
-    def submit(self, job: _Commit) -> None:
-        """Queue `job`; its commit follows every commit queued before it."""
+    def submit(self, job: _Commit | _Removal) -> None:
+        """Queue `job`; it runs after every job queued before it."""
         with self._changed:
             self._pending[job.target] += 1
+            self._last[job.target] = job
             if self._thread is None:
                 # A daemon, so that an idle committer never holds up exit; the exit handler waits instead.
                 self._thread = threading.Thread(target=self._run, name="checkpoint-committer", daemon=True)
                 self._thread.start()
         self._jobs.put(job)
 
+    def submit_removal(self, target: Path) -> None:
+        """Queue the deletion of `target`; a failure already recorded is raised instead (the file stays)."""
+        with self._changed:
+            errors, self._errors = self._errors, []
+            if not errors:
+                self.submit(_Removal(target, self._failed_commits))  # the condition's lock is reentrant
+        _raise(errors)
+
+    def last_queued(self, target: Path) -> _Commit | _Removal | None:
+        """The job queued last for `target` while any is pending, else None."""
+        with self._changed:
+            return self._last.get(target)
+
     def wait(self, target: Path | None = None, below: int = 1) -> None:
-        """Until fewer than `below` commits to `target` (None: to any file) are pending; raise failed ones."""
+        """Until fewer than `below` jobs for `target` (None: for any file) are pending; raise failed ones."""
+        if not self._pending and not self._errors:
+            # The usual case at a save point, read without the lock: a job's failure is recorded before it
+            # stops being pending, so an empty `_pending` read first means every failure is in `_errors`.
+            return
         with self._changed:
             if target is None:
                 self._changed.wait_for(lambda: sum(self._pending.values()) < below)
             else:
                 self._changed.wait_for(lambda: self._pending[target] < below)
             errors, self._errors = self._errors, []
-        if len(errors) == 1:
-            raise errors[0]
-        if errors:
-            raise CheckpointError(f"{len(errors)} checkpoint commits failed: " + " | ".join(map(str, errors)))
+        _raise(errors)
 
     def _run(self) -> None:
         while True:
             job = self._jobs.get()
-            failure: CheckpointError | None = None
-            try:
-                _commit(job)
-            except BaseException as error:  # recorded, and the commits queued after it still run
-                failure = _commit_error(job.target, error)
+            failure = self._remove(job) if isinstance(job, _Removal) else self._commit(job)
             with self._changed:
                 if failure is not None:
                     log.error("%s", failure)
@@ -466,7 +512,38 @@ class _Committer:
                 self._pending[job.target] -= 1
                 if self._pending[job.target] <= 0:
                     del self._pending[job.target]
+                    del self._last[job.target]
                 self._changed.notify_all()
+
+    def _commit(self, job: _Commit) -> CheckpointError | None:
+        try:
+            _commit(job)
+        except BaseException as error:  # recorded, and the jobs queued after it still run
+            with self._changed:
+                self._failed_commits += 1
+            return _commit_error(job.target, error)
+        return None
+
+    def _remove(self, job: _Removal) -> CheckpointError | None:
+        if self._failed_commits > job.failures_before:
+            log.warning("Kept %s: a checkpoint saved before its deletion failed to commit", job.target)
+            return None
+        try:
+            _delete(job.target)
+        except OSError as error:
+            return CheckpointError(
+                f"Could not delete the old checkpoint {str(job.target)!r} "
+                f"({os.strerror(error.errno) if error.errno else error}); the newer checkpoints are "
+                "committed. Check the directory's permissions, or delete the file yourself."
+            )
+        return None
+
+
+def _raise(errors: list[CheckpointError]) -> None:
+    if len(errors) == 1:
+        raise errors[0]
+    if errors:
+        raise CheckpointError(f"{len(errors)} checkpoint commits failed: " + " | ".join(map(str, errors)))
 
 
 _committer = _Committer()

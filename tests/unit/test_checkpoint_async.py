@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from trainer_core.checkpoint import (
+    exists,
     load,
     manifest_path,
     newest_verified,
@@ -261,6 +262,73 @@ def test_remove_after_a_failed_commit_raises_and_keeps_the_old_file(
         remove(old)  # retention must not delete the only good file
     assert _names(tmp_path) == ["epoch=0.ckpt", "epoch=0.ckpt.json"]
     assert newest_verified(tmp_path) == old
+
+
+def test_a_background_remove_returns_at_once_and_deletes_only_after_the_new_commit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    old, new = tmp_path / "epoch=0.ckpt", tmp_path / "epoch=1.ckpt"
+    save_atomic({"global_step": 1}, old, sync=True)
+    gate = _Gate()
+    monkeypatch.setattr(os, "fsync", gate)
+    save_atomic({"global_step": 2}, new)
+    remove(old, background=True)  # returns although the commit of `new` is held at its fsync
+    assert gate.entered.wait(timeout=30)
+    committed = [name for name in _names(tmp_path) if not name.startswith(".")]  # not the temporary
+    assert committed == ["epoch=0.ckpt", "epoch=0.ckpt.json"]  # the only committed file stays
+    assert not exists(old) and exists(new)  # what the queue will leave, without waiting for it
+    gate.release.set()
+    wait_for_pending()
+    assert _names(tmp_path) == ["epoch=1.ckpt", "epoch=1.ckpt.json"]
+    assert not exists(old) and exists(new)
+
+
+def test_a_background_remove_keeps_the_old_file_when_the_commit_before_it_fails(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    old, new = tmp_path / "epoch=0.ckpt", tmp_path / "epoch=1.ckpt"
+    save_atomic({"global_step": 1}, old, sync=True)
+    gate = _Gate()
+    calls = {"n": 0}
+
+    def hold_then_fail(fd: int) -> None:
+        calls["n"] += 1
+        gate(fd)
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "fsync", hold_then_fail)
+    save_atomic({"global_step": 2}, new)
+    remove(old, background=True)  # queued while the commit is still running: it fails afterwards
+    gate.release.set()
+    with pytest.raises(CheckpointError, match=r"epoch=1\.ckpt.*disk is full"):
+        wait_for_pending()
+    assert _names(tmp_path) == ["epoch=0.ckpt", "epoch=0.ckpt.json"]
+    assert newest_verified(tmp_path) == old
+
+
+def test_a_background_remove_after_a_recorded_failure_raises_it_and_deletes_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    old, new, other = tmp_path / "epoch=0.ckpt", tmp_path / "epoch=1.ckpt", tmp_path / "other.ckpt"
+    save_atomic({"global_step": 1}, old, sync=True)
+    gate = _Gate()
+    calls = {"n": 0}
+
+    def fail_then_hold(fd: int) -> None:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+        gate(fd)
+
+    monkeypatch.setattr(os, "fsync", fail_then_hold)
+    save_atomic({"global_step": 2}, new)  # its commit fails
+    save_atomic({"other": 1}, other)  # held: by then the failure above is recorded
+    assert gate.entered.wait(timeout=30)
+    with pytest.raises(CheckpointError, match=r"epoch=1\.ckpt.*Input/output error"):
+        remove(old, background=True)
+    gate.release.set()
+    wait_for_pending()
+    assert _names(tmp_path) == ["epoch=0.ckpt", "epoch=0.ckpt.json", "other.ckpt", "other.ckpt.json"]
 
 
 def test_commits_after_a_failed_one_still_land_and_every_failure_is_named(

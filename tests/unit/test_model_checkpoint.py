@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -14,6 +15,7 @@ from torch.utils.data import DataLoader, TensorDataset
 import trainer_core as tc
 from trainer_core.callbacks import Callback
 from trainer_core.callbacks.model_checkpoint import ModelCheckpoint, format_template
+from trainer_core.checkpoint import save_atomic, wait_for_pending
 from trainer_core.errors import MisconfigurationError
 
 
@@ -68,7 +70,8 @@ def end_epoch(callback: ModelCheckpoint, trainer: FakeTrainer, steps: int = 10, 
 
 
 def files(directory: Path) -> list[str]:
-    """The checkpoints in `directory`; fails if a manifest outlived its checkpoint."""
+    """The checkpoints in `directory` once queued deletions are done; fails on a manifest without its file."""
+    wait_for_pending()
     names = sorted(os.listdir(directory)) if directory.exists() else []
     checkpoints = [name for name in names if name.endswith(".ckpt")]
     orphans = [name for name in names if name.endswith(".ckpt.json") and name[: -len(".json")] not in names]
@@ -148,6 +151,37 @@ def test_old_top_k_file_is_deleted_only_after_the_new_one_is_written(tmp_path: P
     end_epoch(callback, trainer, loss=0.5)
     # While epoch=1.ckpt was being written, epoch=0.ckpt was still on disk.
     assert "epoch=0.ckpt" in trainer.present_at_save[-1]
+    assert files(tmp_path) == ["epoch=1.ckpt"]
+
+
+class CommittingTrainer(FakeTrainer):
+    """Saves as the real trainer does: through `save_atomic`, committed in the background when asked."""
+
+    def save_checkpoint(self, path: str, weights_only: bool = False, background: bool = False) -> None:
+        self.saved.append(path)
+        save_atomic({"global_step": self.global_step}, path, sync=not background)
+
+
+@pytest.mark.timeout(60)
+def test_a_save_point_with_retention_does_not_wait_for_the_commit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    trainer = CommittingTrainer(tmp_path)
+    callback = ModelCheckpoint(dirpath=tmp_path, filename="{epoch}", monitor="loss", save_top_k=1)
+    callback.setup(trainer, None, "fit")  # type: ignore[arg-type]
+    end_epoch(callback, trainer, loss=1.0)
+    wait_for_pending()
+    held, real_fsync = threading.Event(), os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (held.wait(timeout=30), real_fsync(fd)))
+    epoch_end = threading.Thread(target=end_epoch, args=(callback, trainer), kwargs={"loss": 0.5})
+    epoch_end.start()
+    epoch_end.join(timeout=10)
+    returned = not epoch_end.is_alive()  # saved and retired epoch=0 while the commit is held
+    on_disk = sorted(name for name in os.listdir(tmp_path) if not name.startswith("."))
+    held.set()
+    epoch_end.join(timeout=30)
+    assert returned
+    assert on_disk == ["epoch=0.ckpt", "epoch=0.ckpt.json"]  # the old file stays until the new one lands
     assert files(tmp_path) == ["epoch=1.ckpt"]
 
 

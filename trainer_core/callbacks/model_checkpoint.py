@@ -2,8 +2,9 @@
 
 Every rank reaches the same save points; global rank zero decides the file names and the top-k bookkeeping
 (it alone looks at the file system) and broadcasts that plan, so every rank saves and records the same thing.
-Files are written by `trainer.save_checkpoint` (atomic); an old top-k file is deleted only after its
-replacement is committed.
+Files are written by `trainer.save_checkpoint` (atomic, committed in the background); an old top-k file is
+deleted only after its replacement is committed, by the same background committer, so a save point costs the
+training thread the serialisation only, never a wait for a commit's fsync.
 """
 
 from __future__ import annotations
@@ -227,7 +228,8 @@ class ModelCheckpoint(Callback):
         """The template's name, with `-v1`, `-v2`... appended while another file already has it."""
         path = self.format_checkpoint_name(metrics, filename)
         version = self.STARTING_VERSION
-        while self._enable_version_counter and os.path.exists(path) and path != reusable:
+        # `exists` counts a file whose deletion is queued as gone: the names do not depend on commit timing.
+        while self._enable_version_counter and checkpoint_io.exists(path) and path != reusable:
             path = self.format_checkpoint_name(metrics, filename, ver=version)
             version += 1
         return path
@@ -379,7 +381,8 @@ class ModelCheckpoint(Callback):
         )
         if not inside:
             return
-        checkpoint_io.remove(path)  # the file and its manifest
+        # The file and its manifest, once the files saved before are committed (the committer deletes it).
+        checkpoint_io.remove(path, background=True)
 
     def _monitor_candidates(self, trainer: Trainer) -> dict[str, Any]:
         metrics: dict[str, Any] = dict(trainer.callback_metrics)
