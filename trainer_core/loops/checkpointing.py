@@ -9,10 +9,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
+from torch.utils.data import DistributedSampler, RandomSampler, SequentialSampler
 
 from trainer_core import checkpoint as checkpoint_io
 from trainer_core import optim, seed
 from trainer_core.errors import CheckpointError, MisconfigurationError
+from trainer_core.loops.data import EpochShuffleSampler, _unseeded_shuffle
 
 if TYPE_CHECKING:
     from trainer_core.trainer import Trainer
@@ -54,14 +56,15 @@ def dump(trainer: Trainer, weights_only: bool = False) -> dict[str, Any]:
 
 
 def _training_state(trainer: Trainer) -> dict[str, Any]:
-    callbacks = {cb.state_key: cb.state_dict() for cb in trainer.callbacks}
+    callback_states = ((cb, cb.state_dict()) for cb in trainer.callbacks)
+    callbacks = {cb.state_key: state for cb, state in callback_states if state}  # keys only for the kept
     progress = trainer.progress
     # Inside an interrupted validation, resume runs it again: from the RNG states it started with.
     rng = progress.rng_at_validation_start if progress.validation_pending else None
     return {
         "optimizer_states": [optimizer.state_dict() for optimizer in trainer.optimizers],
         "lr_schedulers": optim.scheduler_states(trainer.lr_scheduler_configs),
-        "callbacks": {key: value for key, value in callbacks.items() if value},
+        "callbacks": callbacks,
         "precision": trainer.precision_plugin.state_dict() if trainer.precision_plugin is not None else {},
         "rng_states": rng if rng is not None else seed.capture_rng_state(),
         "sampler": _sampler_state(trainer),
@@ -101,10 +104,6 @@ def sample_order(loader: Any, shuffle_seed: int | None) -> list[Any] | None:
     seed draw the same permutation of the dataset, and rank r of W reads its positions r, r + W, ...: the
     samples seen so far are the first `samples_seen` of it, whatever the number of ranks.
     """
-    from torch.utils.data import DistributedSampler, RandomSampler, SequentialSampler
-
-    from trainer_core.loops.data import EpochShuffleSampler, _unseeded_shuffle
-
     sampler = getattr(loader, "sampler", None)
     if type(sampler) is DistributedSampler:
         return ["shuffle", int(sampler.seed)] if sampler.shuffle else ["sequential"]
