@@ -42,6 +42,7 @@ class FitLoop:
         )
         self._has_val = bool(trainer.val_dataloaders) and any(trainer.num_val_batches)
         self._has_val = self._has_val and _defines(self.module, "validation_step")
+        self._writes_steps = True  # whether any rank has a logger: agreed in `run`
         # The module's `lr_scheduler_step(scheduler, metric)` replaces `scheduler.step()` when it defines one.
         self._scheduler_step_fn = (
             getattr(self.module, "lr_scheduler_step", None)
@@ -53,6 +54,9 @@ class FitLoop:
         trainer, dispatch = self.trainer, self.dispatch
         assert dispatch is not None
         self.votes = trainer.preemption.start_votes(trainer.collectives)
+        # Step values are written (and their sync_dist values reduced, on every rank) only when some rank
+        # has a logger: without one nothing reads them, and the reduction would cost every rank a round trip.
+        self._writes_steps = any(trainer.collectives.all_gather_object(bool(trainer.loggers)))
         start_loggers(trainer, resumed=getattr(trainer, "ckpt_path", None) is not None)
         dispatch.fire("on_fit_start")
         self._sanity_check()
@@ -250,7 +254,7 @@ class FitLoop:
         metrics.in_train_step = False
         if self._collect and step_output is not None:
             outputs.append(step_output)
-        if stepped and progress.stepped_batches % self.settings.log_every_n_steps == 0:
+        if stepped and self._writes_steps and progress.stepped_batches % self.settings.log_every_n_steps == 0:
             trainer._log_step_metrics()
         return False
 
