@@ -9,10 +9,8 @@ torn one, and at most a temporary file (`.<name>.tmp-<pid>-<id>`) that resume ig
 that target deletes once its writer is gone. The directory is not fsynced after the rename: that matters only
 on power loss, and then the name still points at the previous complete file, which `verify` accepts.
 
-Retention deletes through the same queue: `remove(path, background=True)` returns at once and the committer
-deletes the file after every commit queued before it, and only if none of them failed, so an old file goes
-only once its replacement is committed, and the training thread never waits for a commit's fsync.
-
+Retention deletes through the same queue (`remove(path, background=True)`): after the commits queued before,
+and only if none failed, so an old file goes once its replacement is committed, without a wait for the fsync.
 `load`, `verify`, `newest_verified` and `remove` wait for pending commits first; a failed commit is raised
 there, at the next save or by `wait_for_pending()` (called at the end of every trainer stage and at exit) as a
 `CheckpointError` naming the file. A save waits only while two commits to its path are pending (a bound on
@@ -31,7 +29,6 @@ import contextlib
 import dataclasses
 import errno
 import hashlib
-import io
 import json
 import logging
 import os
@@ -46,13 +43,13 @@ from typing import IO, Any, cast
 
 import torch
 
+from trainer_core.checkpoint_spool import Spool, remove_stale_temporaries, temporary_path
 from trainer_core.errors import CheckpointError
 from trainer_core.plain_types import to_plain as to_plain  # hyperparameters in checkpoints
 
 log = logging.getLogger(__name__)
 
 MANIFEST_SUFFIX = ".json"
-_TEMPORARY_MARK = ".tmp-"
 _BACKLOG_PER_PATH = 2  # commits to one path that may be pending before the next save to it waits
 _IN_MEMORY_LIMIT = 8 * 2**20  # a checkpoint up to this size is serialised to memory, a larger one to its file
 _FIX = "Resume from another checkpoint (an earlier top-k file), or start without ckpt_path."
@@ -80,64 +77,12 @@ def wait_for_pending() -> None:
     _committer.wait()
 
 
-class _Spool:
-    """Where `torch.save` writes: memory up to `limit` bytes (the caller then makes no system call, a fifth of
-    a small save; the committer writes it out), past it the temporary file (memory never holds it twice)."""
-
-    def __init__(self, temporary: Path, limit: int) -> None:
-        self.temporary = temporary
-        self.size = 0
-        self._limit = limit
-        self._memory: io.BytesIO | None = io.BytesIO()
-        self._file: IO[bytes] | None = None
-
-    def write(self, data: Any) -> int:
-        # torch's writer passes byte memoryviews (a hundred per small save, so no new memoryview each time)
-        size = data.nbytes if type(data) is memoryview else memoryview(data).nbytes
-        if self._memory is not None and self.size + size <= self._limit:
-            written = self._memory.write(data)
-        else:
-            written = (self._file or self._spill()).write(data)
-        self.size += size
-        return written
-
-    def flush(self) -> None:
-        if self._file is not None:
-            self._file.flush()
-
-    def to_disk(self) -> None:
-        """Every byte in the temporary file, fsynced, and the file closed."""
-        file = self._file or self._spill()
-        try:
-            file.flush()
-            os.fsync(file.fileno())  # the bytes are on disk before the name points at them
-        finally:
-            self.close()
-
-    def close(self) -> None:
-        self._memory = None
-        if self._file is not None:
-            self._file.close()
-
-    def _spill(self) -> IO[bytes]:
-        try:
-            self._file = open(self.temporary, "xb")  # noqa: SIM115 (closed by to_disk or close)
-        except FileNotFoundError:  # the first save to a directory: made here, off the caller for small saves
-            self.temporary.parent.mkdir(parents=True, exist_ok=True)
-            self._file = open(self.temporary, "xb")  # noqa: SIM115
-        if self._memory is not None:
-            with self._memory.getbuffer() as written_so_far:
-                self._file.write(written_so_far)
-            self._memory = None
-        return self._file
-
-
 @dataclasses.dataclass
 class _Commit:
     """A checkpoint serialised (to memory or its temporary file), waiting to be made durable and renamed."""
 
     target: Path
-    spool: _Spool
+    spool: Spool
     position: dict[str, int]
 
 
@@ -155,8 +100,8 @@ def _key(path: str | os.PathLike[str]) -> Path:
 
 
 def _write_temporary(state: Mapping[str, Any], target: Path) -> _Commit:
-    temporary = target.with_name(f".{target.name}{_TEMPORARY_MARK}{os.getpid()}-{os.urandom(4).hex()}")
-    spool = _Spool(temporary, _IN_MEMORY_LIMIT)
+    temporary = temporary_path(target)
+    spool = Spool(temporary, _IN_MEMORY_LIMIT)
     try:
         _serialize(state, spool)
         spool.flush()
@@ -182,7 +127,7 @@ def _commit(job: _Commit) -> None:
         _discard(job.spool.temporary)
         raise
     _write_manifest(job.target, job.spool.size, digest, job.position)
-    _remove_stale_temporaries(job.target)
+    remove_stale_temporaries(job.target)
 
 
 def _replace(temporary: Path, target: Path) -> None:
@@ -238,7 +183,7 @@ def _position(state: Mapping[str, Any]) -> dict[str, int]:
     return {key: value for key, value in position.items() if isinstance(value, int)}
 
 
-def _serialize(state: Mapping[str, Any], file: _Spool) -> None:
+def _serialize(state: Mapping[str, Any], file: Spool) -> None:
     """The one place that turns the state into bytes (tests replace it to simulate a failing write)."""
     torch.save(dict(state), cast("IO[bytes]", file))
 
@@ -262,33 +207,6 @@ def _records_digest(path: Path) -> str:
         raise zipfile.BadZipFile("no data.pkl record: not a torch.save file")
     listing = "\n".join(f"{r.filename}:{r.file_size}:{r.CRC:08x}" for r in records)
     return hashlib.sha256(listing.encode()).hexdigest()
-
-
-def _remove_stale_temporaries(target: Path) -> None:
-    """Delete temporary files of `target` whose writer is gone (a crash or kill -9 mid-save left them)."""
-    prefix = f".{target.name}{_TEMPORARY_MARK}"
-    try:
-        with os.scandir(target.parent) as entries:
-            names = [e.name for e in entries if e.name.startswith(prefix)]
-    except OSError:
-        return  # the checkpoint is committed; a leftover temporary only costs disk space
-    for name in names:
-        if _writer_gone(name[len(prefix) :]):
-            _discard(target.with_name(name))
-
-
-def _writer_gone(suffix: str) -> bool:
-    """Whether the process named in a temporary file's `<pid>-<id>` suffix no longer runs on this host."""
-    pid_text = suffix.partition("-")[0]
-    if not pid_text.isdigit() or int(pid_text) == os.getpid():
-        return False  # ours (another save may be writing it) or not a name we made: leave it
-    try:
-        os.kill(int(pid_text), 0)  # signal 0: only asks whether the process exists
-    except ProcessLookupError:
-        return True
-    except OSError:
-        pass  # alive, under another user
-    return False
 
 
 def _write_manifest(target: Path, size: int, digest: str, position: dict[str, int]) -> None:
@@ -331,10 +249,8 @@ def _discard(path: Path) -> None:
 def remove(path: str | os.PathLike[str], *, background: bool = False) -> None:
     """Delete a checkpoint and its manifest (retention of top-k files); a missing file is not an error.
 
-    An old file is deleted only once the files saved before this call are committed, and not at all if one
-    of them failed (that failure is raised instead). Without `background` this waits for those commits; with
-    it the deletion is queued behind them and this returns at once (a failure surfaces at the next save or
-    wait, as a commit's does).
+    Only once the files saved before are committed, and not if one failed (that failure is raised). With
+    `background` the deletion is queued behind their commits and this returns at once, else it waits.
     """
     if background:
         _committer.submit_removal(_key(path))
@@ -344,10 +260,7 @@ def remove(path: str | os.PathLike[str], *, background: bool = False) -> None:
 
 
 def exists(path: str | os.PathLike[str]) -> bool:
-    """Whether a checkpoint will be at `path` once the saves and removals queued so far are done.
-
-    Does not wait: a file whose deletion is queued counts as gone, a save still committing as there.
-    """
+    """Whether a checkpoint will be at `path` once the queued saves and deletions are done (no wait)."""
     queued = _committer.last_queued(_key(path))
     return os.path.exists(path) if queued is None else isinstance(queued, _Commit)
 
@@ -489,10 +402,8 @@ class _Committer:
 
     def wait(self, target: Path | None = None, below: int = 1) -> None:
         """Until fewer than `below` jobs for `target` (None: for any file) are pending; raise failed ones."""
-        if not self._pending and not self._errors:
-            # The usual case at a save point, read without the lock: a job's failure is recorded before it
-            # stops being pending, so an empty `_pending` read first means every failure is in `_errors`.
-            return
+        if not self._pending and not self._errors:  # without the lock: a failure is recorded before its
+            return  # job stops being pending, so an empty `_pending` read first means none is missed
         with self._changed:
             if target is None:
                 self._changed.wait_for(lambda: sum(self._pending.values()) < below)
@@ -531,9 +442,9 @@ class _Committer:
         try:
             _delete(job.target)
         except OSError as error:
+            reason = os.strerror(error.errno) if error.errno else str(error)
             return CheckpointError(
-                f"Could not delete the old checkpoint {str(job.target)!r} "
-                f"({os.strerror(error.errno) if error.errno else error}); the newer checkpoints are "
+                f"Could not delete the old checkpoint {str(job.target)!r} ({reason}); the newer ones are "
                 "committed. Check the directory's permissions, or delete the file yourself."
             )
         return None
