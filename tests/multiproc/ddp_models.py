@@ -47,7 +47,8 @@ class Regression(tc.TrainingModule):
         self.lr = lr
         self.fail_at_step = fail_at_step
         self.fail_rank = fail_rank
-        self.seen: dict[str, list[list[int]]] = {"train": [], "val": [], "test": []}
+        # "train": one list of indices per epoch; "val" and "test": the indices of every pass, in order.
+        self.seen: dict[str, list[Any]] = {"train": [], "val": [], "test": []}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.layer(x)  # type: ignore[no-any-return]

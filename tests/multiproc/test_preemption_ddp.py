@@ -143,7 +143,8 @@ def assert_resumed_exactly(results: list[dict[str, Any]], exact: bool = True) ->
     """
     for rank, result in enumerate(results):
         if exact:
-            assert result["same_weights"], f"rank {rank}: resumed weights differ from the uninterrupted run's"
+            difference = result.get("max_difference")
+            assert result["same_weights"], f"rank {rank}: resumed weights differ by up to {difference}"
         else:
             assert result["max_difference"] <= 1e-5, (rank, result["max_difference"])
         assert result["final_status"] == "finished"
