@@ -303,7 +303,8 @@ def measure_checkpoints(
     """Save and load of the full training state of the last trained run, interleaved."""
     from trainer_core import checkpoint
 
-    paths = {name: workdir / f"{name}.ckpt" for name in ("trainer_core", "plain", "lightning")}
+    names = ("trainer_core", "plain", "plain_fsync", "lightning")  # one file each: no save disturbs another's
+    paths = {name: workdir / f"{name}.ckpt" for name in names}
     keep["trainer_core"].save_checkpoint(paths["trainer_core"])
     state = checkpoint.load(paths["trainer_core"])  # the dict the trainer core writes, for torch.save
     trainer = keep["trainer_core"]
@@ -318,7 +319,7 @@ def measure_checkpoints(
 
     saves: dict[str, Callable[[], float]] = {
         "plain torch.save": _timed(lambda: torch.save(state, paths["plain"])),
-        "plain torch.save + fsync": _timed(lambda: _save_and_fsync(state, paths["plain"])),
+        "plain torch.save + fsync": _timed(lambda: _save_and_fsync(state, paths["plain_fsync"])),
         "trainer_core": background_save,
         "trainer_core, committed on return": _timed(lambda: trainer.save_checkpoint(paths["trainer_core"])),
     }
