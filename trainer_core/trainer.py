@@ -279,14 +279,20 @@ class Trainer(AttachedComponents):
         self._metrics.collectives = self.collectives
 
     def _wrap_model(self, stage: str) -> None:
-        """With several ranks, wrap the module (on its device) in DDP to train; evaluation needs no sync."""
-        from trainer_core import ddp
+        """With several ranks, wrap the module (on its device) in DDP to train; evaluation needs no sync.
+
+        With `deterministic=True` and more than 2 ranks, gradients are added in rank order
+        (`ddp_hooks.ordered_mean_hook`), so a resumed run stays bit-equal to one that never stopped.
+        """
+        from trainer_core import ddp, ddp_hooks
 
         self._ddp = None
         if stage == "fit" and self._world_size > 1 and self._strategy is not None:
             self._ddp = ddp.wrap_model(
                 self.lightning_module, self._device, self._strategy, self.settings.sync_batchnorm
             )
+            if self.settings.deterministic and self._world_size > 2:
+                self._ddp.register_comm_hook(None, ddp_hooks.ordered_mean_hook)
 
     def _distribute_loader(self, loader: Any, training: bool) -> Any:
         """The loader this rank reads: with several ranks, a DataLoader's sampler is sharded per rank."""
