@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Everything that needs NVIDIA GPUs, in one go (run from the repository root on a machine with 1-2 GPUs):
+# Everything that needs NVIDIA GPUs, in one go (run from the repository root on a machine with 1 to 8 GPUs):
 # the NCCL/CUDA variants of the multi-process tests, the CUDA precision tests, the device-stats check through
 # `launch`, and the GPU DDP benchmark. hydra-core, omegaconf and submitit may come as wheels in .whl/.
 #   bash tests/gpu/run_all.sh OUT_DIR [all|tests|bench]
@@ -18,7 +18,7 @@ python3 -c 'import torch; print("torch", torch.__version__, "nccl", torch.cuda.n
 
 if [ "$phase" != bench ]; then
 echo "== NCCL and CUDA tests"
-timeout 300 python3 -m pytest -q -p no:cacheprovider -o addopts="" tests/gpu tests/multiproc -k "nccl or cuda or gpu" \
+timeout 420 python3 -m pytest -q -p no:cacheprovider -o addopts="" tests/gpu tests/multiproc -k "nccl or cuda or gpu" \
     2>&1 | tee "$out/gpu_tests.txt" | tail -25
 echo "== device stats through launch"
 timeout 120 python3 tests/gpu/check_device_stats.py "$out/stats" 2>&1 | tail -25 | tee "$out/device_stats.txt"
