@@ -2,8 +2,8 @@
 
 Importing torch and the trainer core takes about two seconds; composing the config takes about half a
 second. Done one after the other, they add up before the first training step. So `launch` (one local run,
-not a sweep, not Slurm) starts this process at once and composes the config meanwhile, on another core.
-Then, over a pipe:
+not a sweep, not Slurm) forks this process at once (before it has imported anything heavy, and before any
+thread exists) and composes the config meanwhile, on another core. Then, over a pipe:
 
 1. `{"check": job}`: the launcher asks the job process to import the model and data classes and check their
    arguments (`launcher.preflight.check_targets`). The launcher itself never imports them, and so never
@@ -27,7 +27,6 @@ import json
 import logging
 import os
 import signal
-import subprocess
 import sys
 import traceback
 from pathlib import Path
@@ -61,22 +60,38 @@ def applies(argv: list[str]) -> bool:
 class WarmJob:
     """The launcher's handle on the job process: ask it to check targets, hand it the run, or cancel it."""
 
-    def __init__(self, process: subprocess.Popen[bytes], replies: IO[str]) -> None:
-        self._process = process
+    def __init__(self, pid: int, requests: IO[str], replies: IO[str]) -> None:
+        self.pid = pid
+        self._requests = requests
         self._replies = replies
+        self._exit_code: int | None = None
 
     @classmethod
     def start(cls) -> WarmJob:
-        """Start `python -m launcher.warm` in its own session; it begins importing torch at once."""
-        read_end, write_end = os.pipe()
-        process = subprocess.Popen(
-            [sys.executable, "-m", "launcher.warm", str(write_end)],
-            stdin=subprocess.PIPE,
-            pass_fds=(write_end,),
-            start_new_session=True,
-        )
-        os.close(write_end)
-        return cls(process, os.fdopen(read_end, "r"))
+        """Fork the job process, in its own session; it begins importing torch at once.
+
+        A fork, not a new interpreter: `launch` has imported next to nothing yet and runs no thread, and the
+        job process starts its imports without paying for the interpreter's start a second time.
+        """
+        requests_read, requests_write = os.pipe()
+        replies_read, replies_write = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the job process: it never returns from here
+            os.close(requests_write)
+            os.close(replies_read)
+            code = 1
+            try:
+                os.setsid()
+                code = _job_process(os.fdopen(requests_read, "r"), os.fdopen(replies_write, "w"))
+            except BaseException:  # the job process ends here, whatever happens: never back in `launch`
+                traceback.print_exc()
+            finally:
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(code)
+        os.close(requests_read)
+        os.close(replies_write)
+        return cls(pid, os.fdopen(requests_write, "w"), os.fdopen(replies_read, "r"))
 
     def check_targets(self, job: Any) -> None:
         """`preflight.check_targets(job)` in the job process; a ConfigError here when it refuses."""
@@ -93,29 +108,36 @@ class WarmJob:
         previous = {number: signal.signal(number, self._pass_on) for number in STOP_SIGNALS}
         try:
             self._send({"run": str(run_dir)})
-            code = self._process.wait()
+            return self._wait()
         finally:
             for number, handler in previous.items():
                 signal.signal(number, handler)
-        return code if code >= 0 else 128 - code  # killed by a signal: the shell's 128 + number
 
     def cancel(self) -> None:
         """End the job process now if it still runs (its session: anything it started goes too)."""
-        if self._process.poll() is None:
+        if self._exit_code is None:
             with contextlib.suppress(ProcessLookupError):
-                os.killpg(self._process.pid, signal.SIGKILL)
-            self._process.wait()
+                os.killpg(self.pid, signal.SIGKILL)
+            self._wait()
+        self._requests.close()
         self._replies.close()
+
+    def _wait(self) -> int:
+        """The job process's exit code once it ended; 128 + the signal's number if a signal ended it."""
+        if self._exit_code is None:
+            _, status = os.waitpid(self.pid, 0)
+            code = os.waitstatus_to_exitcode(status)
+            self._exit_code = code if code >= 0 else 128 - code
+        return self._exit_code
 
     def _pass_on(self, signum: int, frame: FrameType | None) -> None:
         with contextlib.suppress(ProcessLookupError):
-            os.kill(self._process.pid, signum)
+            os.kill(self.pid, signum)
 
     def _send(self, message: dict[str, Any]) -> None:
-        assert self._process.stdin is not None  # opened with stdin=PIPE
         try:
-            self._process.stdin.write((json.dumps(message) + "\n").encode())
-            self._process.stdin.flush()
+            self._requests.write(json.dumps(message) + "\n")
+            self._requests.flush()
         except BrokenPipeError:
             raise self._died() from None
 
@@ -128,11 +150,9 @@ class WarmJob:
         return reply
 
     def _died(self) -> LaunchError:
-        code = self._process.wait()
         return LaunchError(
-            f"the job process ({sys.executable} -m launcher.warm) exited with code {code} before the job "
-            "started; its error is printed above. Check that torch imports in this environment: "
-            f"{sys.executable} -c 'import torch'."
+            f"the job process exited with code {self._wait()} before the job started; its error is printed "
+            f"above. Check that torch imports in this environment: {sys.executable} -c 'import torch'."
         )
 
 
@@ -149,11 +169,11 @@ def _end_with_launcher() -> None:
         os.kill(os.getpid(), signal.SIGTERM)
 
 
-def _read(requests: IO[str]) -> dict[str, Any]:
-    """The next request from `launch`; exit quietly at end of file (launch ended without a run)."""
+def _read(requests: IO[str]) -> dict[str, Any] | None:
+    """The next request from `launch`; None at end of file (launch ended without a run)."""
     line = requests.readline()
     if not line:
-        sys.exit(0)
+        return None
     message: dict[str, Any] = json.loads(line)
     return message
 
@@ -171,6 +191,14 @@ def _check(job_dict: dict[str, Any]) -> dict[str, Any]:
     return {"ok": True}
 
 
+def _prefetch(job: dict[str, Any]) -> None:
+    """Import what the run needs before its first step: the optimizer's torch._dynamo, the logger's writer."""
+    import torch._dynamo  # torch.optim imports it on first use (add_param_group)
+
+    if job.get("logger", {}).get("kind") == "tensorboard":
+        import torch.utils.tensorboard  # noqa: F401
+
+
 def _run(run_dir: Path, recorder: SignalRecorder) -> int:
     """Run the job in run_dir as `launch` would; its exit code, after printing what `launch` prints."""
     from launcher.local import run_local
@@ -184,29 +212,29 @@ def _run(run_dir: Path, recorder: SignalRecorder) -> int:
     return 0
 
 
-def main() -> None:
-    """`python -m launcher.warm REPLY_FD`: warm up, answer the target check, run the job."""
+def _job_process(requests: IO[str], replies: IO[str]) -> int:
+    """The job process after the fork: warm up, answer the target check, run the job; its exit code."""
+    recorder = SignalRecorder().install()  # first: a stop signal passed on by `launch` is recorded, not fatal
     _end_with_launcher()
-    logging.basicConfig(level=logging.INFO, format="[launch] %(message)s")
-    replies = os.fdopen(int(sys.argv[1]), "w")
     import torch  # noqa: F401  (the warm-up: what every run needs first, while `launch` composes)
 
     import launcher.rank_main  # noqa: F401
     import trainer_core  # noqa: F401
 
-    request = _read(sys.stdin)
+    request = _read(requests)
+    if request is None:
+        return 0
     replies.write(json.dumps(_check(request["check"])) + "\n")
     replies.flush()
-    request = _read(sys.stdin)
-    code = _run(Path(request["run"]), _recorder)
+    _prefetch(request["check"])  # while `launch` writes the run directory
+    request = _read(requests)
+    if request is None:
+        return 0
+    code = _run(Path(request["run"]), recorder)
+    # As a finished rank does (launcher.rank_main): pending commits and logs flushed; the caller ends the
+    # process with os._exit, without the interpreter's teardown (Gloo's sometimes aborts).
+    from trainer_core import checkpoint
+
+    checkpoint.wait_for_pending()
     logging.shutdown()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)  # as a finished rank does (launcher.rank_main): no Gloo teardown at interpreter exit
-
-
-# Installed on import, before torch loads: a stop signal passed on by `launch` is recorded from the start.
-_recorder = SignalRecorder().install() if __name__ == "__main__" else SignalRecorder()
-
-if __name__ == "__main__":
-    main()
+    return code

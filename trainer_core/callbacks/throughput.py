@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 import math
-import statistics
 import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -91,6 +90,8 @@ class StragglerWatch:
         warnings: list[str] = []
         if len(per_step_s) < 2:
             return warnings
+        import statistics  # here, not at import: it loads `decimal`, a noticeable part of a rank's start
+
         for rank, own in enumerate(per_step_s):
             others = statistics.median(t for r, t in enumerate(per_step_s) if r != rank)
             slow = others > 0 and own > self.factor * others
