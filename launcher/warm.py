@@ -192,8 +192,15 @@ def _check(job_dict: dict[str, Any]) -> dict[str, Any]:
 
 
 def _prefetch(job: dict[str, Any]) -> None:
-    """Import what the run needs before its first step: the optimizer's torch._dynamo, the logger's writer."""
-    import torch._dynamo  # torch.optim imports it on first use (add_param_group)
+    """Import what the job needs before its first step, in this process.
+
+    One rank runs here: the optimizer's torch._dynamo (torch.optim imports it on first use) and the
+    logger's writer. N ranks: only the elastic agent runs here, and every rank imports its own.
+    """
+    if job.get("trainer", {}).get("devices") != 1:
+        import torch.distributed.launcher.api
+        return
+    import torch._dynamo
 
     if job.get("logger", {}).get("kind") == "tensorboard":
         import torch.utils.tensorboard  # noqa: F401
