@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import re
 import sys
 import tempfile
@@ -49,6 +50,12 @@ def _parse(argv: list[str], benchmarks: dict[str, str]) -> argparse.Namespace:
         help=f"output directory (default {RESULTS_DIR}; a --quick run defaults to a temporary directory, "
         "so that its meaningless numbers never replace the committed results)",
     )
+    parser.add_argument(
+        "--summary-only",
+        action="store_true",
+        help="measure nothing: rebuild summary.md and summary.png from the <name>.json files in the output "
+        "directory (after benchmarks were run one at a time)",
+    )
     args = parser.parse_args(argv)
     if args.out is None:
         args.out = Path(tempfile.mkdtemp(prefix="bench-quick-")) if args.quick else RESULTS_DIR
@@ -63,7 +70,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"unknown benchmark(s) {unknown}; choose from {sorted(benchmarks)}", file=sys.stderr)
         return 2
     reports: list[Report] = []
-    for name in args.names or list(benchmarks):
+    if args.summary_only:
+        reports = [Report.from_json(json.loads((args.out / f"{name}.json").read_text()))
+                   for name in sorted(benchmarks) if (args.out / f"{name}.json").is_file()]  # fmt: skip
+    for name in [] if args.summary_only else args.names or list(benchmarks):
         started = time.perf_counter()
         report: Report = importlib.import_module(benchmarks[name]).run(quick=args.quick)
         markdown, data = report.write(args.out)

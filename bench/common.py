@@ -150,6 +150,16 @@ class Report:
             "notes": self.notes,
         }
 
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Report:
+        """The report that `as_json` wrote (its samples and targets; ratios are computed again)."""
+        tables = []
+        for table in data["tables"]:
+            base = next(r for r in table["rows"] if r["variant"] == table["baseline"])["median_s"]
+            rows = [Row(r["variant"], list(r["samples_s"]), base, r["target"]) for r in table["rows"]]
+            tables.append(Table(table["title"], table["note"], table["baseline"], rows))
+        return cls(data["name"], data["title"], tables, list(data["notes"]), dict(data["settings"]))
+
     def write(self, out_dir: Path = RESULTS_DIR) -> tuple[Path, Path]:
         """Write `<out_dir>/<name>.md` and `<name>.json`; return both paths."""
         out_dir.mkdir(parents=True, exist_ok=True)

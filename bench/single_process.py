@@ -76,7 +76,7 @@ def workloads(quick: bool) -> list[Workload]:
         ]
     return [
         Workload("tiny", (32, 64, 10), 64, 20_000, 3, 5, {"trainer_core": 1.15}),
-        Workload("compute", (1024, 4096, 4096, 10), 256, 256 * 3, 3, 3, {"trainer_core": 1.02}),
+        Workload("compute", (1024, 4096, 4096, 10), 256, 256 * 12, 3, 3, {"trainer_core": 1.02}),
     ]
 
 

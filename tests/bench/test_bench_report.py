@@ -43,3 +43,16 @@ def test_summary_lists_every_non_baseline_row_with_its_ratio_and_target(tmp_path
     pytest.importorskip("matplotlib")
     assert chart is not None and chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert f"![ratios]({chart.name})" in text
+
+
+def test_a_summary_rebuilt_from_the_written_json_files_has_every_benchmark(tmp_path: Path) -> None:
+    from bench.__main__ import main
+
+    report("single_process", 0.001, 0.00105, 1.15).write(tmp_path)
+    report("ddp_cpu", 0.002, 0.003, 1.15).write(tmp_path)
+    assert main(["--summary-only", "--out", str(tmp_path)]) == 0
+    summary = (tmp_path / "summary.md").read_text()
+    assert "| single_process | single_process: step | trainer_core |" in summary
+    assert "| ddp_cpu | ddp_cpu: step | trainer_core |" in summary
+    # ratios and verdicts computed again from the samples: 0.003 over the median of 0.002 and 0.0022
+    assert f"{0.003 / 0.0021:.3f}x" in summary and "NO" in summary
