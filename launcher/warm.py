@@ -199,6 +199,7 @@ def _prefetch(job: dict[str, Any]) -> None:
     """
     if job.get("trainer", {}).get("devices") != 1:
         import torch.distributed.launcher.api
+
         return
     import torch._dynamo
 
