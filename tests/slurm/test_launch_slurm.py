@@ -66,15 +66,21 @@ def manifest(run_dir: Path) -> dict[str, Any]:
     return data
 
 
-def all_job_ids() -> set[str]:
+def jobs_submitted_from(directory: Path) -> set[str]:
+    """The ids of the jobs of the last hour that were submitted from `directory` (sacct's WorkDir).
+
+    Filtered by directory, not compared with a "before" list: slurmdbd records a job a moment after it is
+    submitted, so another test's job could otherwise show up between the two lists.
+    """
     done = subprocess.run(
-        ["sacct", "-n", "-X", "-P", "-a", "-S", "now-1hour", "-o", "JobID"],
+        ["sacct", "-n", "-X", "-P", "-a", "-S", "now-1hour", "-o", "JobID,WorkDir"],
         capture_output=True,
         text=True,
         check=True,
         timeout=30,
     )
-    return set(done.stdout.split())
+    rows = (line.split("|", 1) for line in done.stdout.splitlines() if "|" in line)
+    return {job_id for job_id, workdir in rows if Path(workdir) == directory}
 
 
 def rank_log(run_dir: Path, rank: int) -> str:
@@ -89,6 +95,7 @@ def test_two_rank_job_trains_to_completion_in_its_run_directory(tmp_path: Path) 
     # `launch` returned at once: it recorded the job and did not wait for it.
     assert manifest(run_dir)["slurm_job_ids"] == [job_id]
     assert wait_for_final_state(job_id, timeout_s=180) == "COMPLETED"
+    assert jobs_submitted_from(tmp_path) == {job_id}  # what the preflight test relies on
     assert (run_dir / "config.yaml").is_file()
     assert (run_dir / "checkpoints" / "last.ckpt").is_file()
     assert list((run_dir / "tb").glob("events.out.tfevents.*"))
@@ -168,10 +175,9 @@ def test_a_job_whose_rank_1_raises_shows_failed_with_the_traceback(tmp_path: Pat
 def test_a_preflight_rejection_exits_2_and_submits_nothing(
     tmp_path: Path, override: str, message: str
 ) -> None:
-    before = all_job_ids()
     result = run_cli(tmp_path, "+cluster=slurm", override, *FAST)
 
     assert result.returncode == 2, explain(result)
     assert message in result.stderr, explain(result)
-    assert all_job_ids() == before
+    assert jobs_submitted_from(tmp_path) == set()
     assert not list(tmp_path.rglob("run.json"))
