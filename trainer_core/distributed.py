@@ -297,12 +297,11 @@ def barrier_for_prepare_data(
 ) -> None:
     """Run `prepare` once per job (global rank 0), or once per node (local rank 0), then release the others.
 
-    The waiting ranks wait for a key in the rendezvous store instead of sitting in a Gloo barrier, because a
+    The waiting ranks poll a key in the rendezvous store instead of sitting in a Gloo barrier, because a
     barrier carries the process group's timeout and a long download must not end the job. They wait without a
-    limit, in store waits of `poll_interval` seconds that return as soon as the key is written: if the
-    preparing rank fails, it writes its error under the key and every waiter raises it; if it dies outright,
-    the launcher (torchrun, `srun --kill-on-bad-exit`) ends the job. `on_wait` runs after every wait that
-    timed out, e.g. to notice a preemption signal.
+    limit: if the preparing rank fails, it writes its error under the key and every waiter raises it; if it
+    dies outright, the launcher (torchrun, `srun --kill-on-bad-exit`) ends the job. `on_wait` runs at every
+    poll, e.g. to notice a preemption signal.
     """
     if not isinstance(collectives, TorchCollectives):
         prepare()
@@ -313,21 +312,13 @@ def barrier_for_prepare_data(
     if preparer:
         _prepare_and_publish(collectives.store, key, prepare, env.rank)
         return
-    while not _wait_for_key(collectives.store, key, poll_interval):
+    while not collectives.store.check([key]):
         if on_wait is not None:
             on_wait()
+        time.sleep(poll_interval)
     outcome = collectives.store.get(key).decode()
     if outcome != "done":
         raise DistributedError(f"prepare_data failed on another rank, so rank {env.rank} stops: {outcome}")
-
-
-def _wait_for_key(store: Store, key: str, timeout_s: float) -> bool:
-    """Whether `key` exists, after waiting up to `timeout_s` for it (returns as soon as it is written)."""
-    try:
-        store.wait([key], timedelta(seconds=timeout_s))
-    except RuntimeError:  # the wait timed out; a store that is gone raises again from `check`
-        return bool(store.check([key]))
-    return True
 
 
 def _prepare_and_publish(store: Store, key: str, prepare: Callable[[], None], rank: int) -> None:

@@ -203,27 +203,6 @@ D.destroy_process_group()
 
 
 @pytest.mark.timeout(120)
-def test_waiters_are_released_when_the_data_is_ready_not_at_their_next_poll(run_ranks: RunRanks) -> None:
-    # With a 60 s poll, a waiter that only looked again after each interval would call on_wait at least once
-    # before it saw the key; one that waits on the key itself returns when rank 0 writes it, 0.5 s in.
-    body = (
-        join()
-        + """
-import time
-waits = []
-def prepare():
-    time.sleep(0.5)
-D.barrier_for_prepare_data(collectives, prepare, poll_interval=60, on_wait=lambda: waits.append(1))
-save_result({"waits": len(waits)})
-D.destroy_process_group()
-"""
-    )
-    job = run_ranks(body)
-    job.assert_succeeded()
-    assert [result["waits"] for result in job.results] == [0, 0]
-
-
-@pytest.mark.timeout(120)
 def test_prepare_data_failure_reaches_the_waiting_ranks(run_ranks: RunRanks) -> None:
     body = (
         join()
