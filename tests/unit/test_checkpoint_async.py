@@ -60,6 +60,21 @@ class _Gate:
         _real_fsync(fd)
 
 
+def _fail_first_fsync_then_hold(monkeypatch: pytest.MonkeyPatch) -> _Gate:
+    """The next fsync fails with EIO; later ones wait at the returned gate."""
+    gate = _Gate()
+    calls = {"n": 0}
+
+    def fail_then_hold(fd: int) -> None:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+        gate(fd)
+
+    monkeypatch.setattr(os, "fsync", fail_then_hold)
+    return gate
+
+
 def _names(directory: Path) -> list[str]:
     return sorted(p.name for p in directory.iterdir())
 
@@ -230,16 +245,7 @@ def test_the_next_save_raises_a_commit_failure_that_happened_since(
 ) -> None:
     path, other = tmp_path / "last.ckpt", tmp_path / "other.ckpt"
     save_atomic({"generation": 1}, path, sync=True)
-    gate = _Gate()
-    calls = {"n": 0}
-
-    def fail_then_hold(fd: int) -> None:
-        calls["n"] += 1
-        if calls["n"] == 1:
-            raise OSError(errno.EIO, os.strerror(errno.EIO))
-        gate(fd)
-
-    monkeypatch.setattr(os, "fsync", fail_then_hold)
+    gate = _fail_first_fsync_then_hold(monkeypatch)
     save_atomic({"generation": 2}, path)  # its commit fails
     save_atomic({"other": 1}, other)  # the committer reaches this one only after recording the failure
     assert gate.entered.wait(timeout=30)
@@ -311,16 +317,7 @@ def test_a_background_remove_after_a_recorded_failure_raises_it_and_deletes_noth
 ) -> None:
     old, new, other = tmp_path / "epoch=0.ckpt", tmp_path / "epoch=1.ckpt", tmp_path / "other.ckpt"
     save_atomic({"global_step": 1}, old, sync=True)
-    gate = _Gate()
-    calls = {"n": 0}
-
-    def fail_then_hold(fd: int) -> None:
-        calls["n"] += 1
-        if calls["n"] == 1:
-            raise OSError(errno.EIO, os.strerror(errno.EIO))
-        gate(fd)
-
-    monkeypatch.setattr(os, "fsync", fail_then_hold)
+    gate = _fail_first_fsync_then_hold(monkeypatch)
     save_atomic({"global_step": 2}, new)  # its commit fails
     save_atomic({"other": 1}, other)  # held: by then the failure above is recorded
     assert gate.entered.wait(timeout=30)
