@@ -287,6 +287,9 @@ def add_rank_prefix_to_logs(rank: int) -> None:
     package.addHandler(handler)
 
 
+_FIRST_POLL_S = 0.005
+
+
 def barrier_for_prepare_data(
     collectives: Collectives,
     prepare: Callable[[], None],
@@ -302,6 +305,10 @@ def barrier_for_prepare_data(
     limit: if the preparing rank fails, it writes its error under the key and every waiter raises it; if it
     dies outright, the launcher (torchrun, `srun --kill-on-bad-exit`) ends the job. `on_wait` runs at every
     poll, e.g. to notice a preemption signal.
+
+    The polls start a few milliseconds apart and spread out to `poll_interval` as the wait grows (a twentieth
+    of the time waited so far), so a quick preparation (data already on disk) releases the waiters at once,
+    while a long download costs the store a request per `poll_interval` and rank.
     """
     if not isinstance(collectives, TorchCollectives):
         prepare()
@@ -312,10 +319,11 @@ def barrier_for_prepare_data(
     if preparer:
         _prepare_and_publish(collectives.store, key, prepare, env.rank)
         return
+    started = time.monotonic()
     while not collectives.store.check([key]):
         if on_wait is not None:
             on_wait()
-        time.sleep(poll_interval)
+        time.sleep(min(poll_interval, _FIRST_POLL_S + (time.monotonic() - started) / 20))
     outcome = collectives.store.get(key).decode()
     if outcome != "done":
         raise DistributedError(f"prepare_data failed on another rank, so rank {env.rank} stops: {outcome}")

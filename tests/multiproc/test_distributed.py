@@ -203,6 +203,32 @@ D.destroy_process_group()
 
 
 @pytest.mark.timeout(120)
+def test_waiters_are_released_soon_after_a_quick_preparation(run_ranks: RunRanks) -> None:
+    # `poll_interval` bounds the spacing of the polls; a preparation of 0.5 s must not hold the waiter for a
+    # whole interval (60 s here): the early polls are milliseconds apart.
+    body = (
+        join()
+        + """
+import time
+published = []
+waits = []
+def prepare():
+    time.sleep(0.5)
+    published.append(time.time())
+D.barrier_for_prepare_data(collectives, prepare, poll_interval=60, on_wait=lambda: waits.append(1))
+save_result({"released": time.time(), "published": published, "waits": len(waits)})
+D.destroy_process_group()
+"""
+    )
+    job = run_ranks(body)
+    job.assert_succeeded()
+    preparer, waiter = job.results
+    assert waiter["published"] == [] and preparer["waits"] == 0
+    assert waiter["waits"] > 1  # it kept checking (and so noticing preemption) while rank 0 prepared
+    assert waiter["released"] - preparer["published"][0] < 5, job.output
+
+
+@pytest.mark.timeout(120)
 def test_prepare_data_failure_reaches_the_waiting_ranks(run_ranks: RunRanks) -> None:
     body = (
         join()
