@@ -403,8 +403,16 @@ class _FailureWatch:
         self._thread = threading.Thread(target=self._watch, args=(env,), name="failure-watch", daemon=True)
         self._thread.start()
 
-    def stop(self) -> None:
+    def stop(self, within_s: float = 5.0) -> None:
+        """End the watch and wait (up to `within_s`) for its thread to leave any store call.
+
+        A daemon thread still inside a store call when the interpreter exits is ended by the exit itself,
+        which unwinds through torch's C++ code and aborts the process ("terminate called without an active
+        exception"): a finished rank would then report a failure.
+        """
         self._stop.set()
+        if self._thread is not threading.current_thread():
+            self._thread.join(within_s)
 
     def _watch(self, env: RankEnvironment) -> None:
         try:

@@ -61,6 +61,7 @@ def _base_env(result_dir: Path, extra: dict[str, str] | None) -> dict[str, str]:
         env.pop(key, None)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
     env["OMP_NUM_THREADS"] = "1"
+    env["PYTHONFAULTHANDLER"] = "1"  # a rank that aborts or crashes prints every thread's Python stack
     env["RANK_RESULT_DIR"] = str(result_dir)
     return {**env, **(extra or {})}
 

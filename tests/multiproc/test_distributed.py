@@ -439,3 +439,26 @@ save_result({"total": total, "names": names})
     job = run_ranks(body, launcher="srun")
     job.assert_succeeded()
     assert job.results == [{"total": 2.0, "names": ["r0", "r1"]}] * 2
+
+
+@pytest.mark.timeout(120)
+def test_leaving_the_group_ends_the_failure_watch_thread(run_ranks: RunRanks) -> None:
+    # A daemon thread still inside a store call at interpreter exit aborts the process (torch's C++ code is
+    # unwound under it): a finished rank must leave no watch thread running. `stop` alone is what the exit
+    # handler calls for a group the user's script created (the script destroys the group itself).
+    body = (
+        join()
+        + """
+import threading
+def watches():
+    return sum(thread.name == "failure-watch" and thread.is_alive() for thread in threading.enumerate())
+running = watches()
+collectives.failure_watch.stop()
+stopped = watches()
+D.destroy_process_group(collectives)
+save_result({"before": running, "after": stopped})
+"""
+    )
+    job = run_ranks(body, launcher="srun")
+    job.assert_succeeded()
+    assert job.results == [{"before": 1, "after": 0}] * 2
