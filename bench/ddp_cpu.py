@@ -215,8 +215,23 @@ def _framework(variant: str, workload: Workload) -> Timeline:
     return timeline
 
 
+def pin_to_core(rank: int) -> int | None:
+    """Bind this process (and the threads it starts later) to one CPU of its own; the CPU, or None.
+
+    Two ranks left to the scheduler on two cores share them with each other's Gloo threads, and a run's
+    steps come out 20-40 % slower or faster by chance (which core each thread lands on); one core per rank,
+    as Slurm's `--cpu-bind=cores` gives a task, measures the step path itself. Every variant is pinned alike.
+    """
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < RANKS:
+        return None
+    os.sched_setaffinity(0, {cpus[rank]})
+    return cpus[rank]
+
+
 def rank_main(variant: str, workload_name: str, out_dir: Path, quick: bool) -> None:
     """One rank of one run: train, write this rank's timings to `out_dir/rank<R>.json`, exit at once."""
+    pin_to_core(int(os.environ["RANK"]))
     logging.disable(logging.WARNING)
     warnings.filterwarnings("ignore")
     torch.set_num_threads(1)
@@ -353,7 +368,9 @@ def run(quick: bool = False) -> Report:
     failures: list[str] = []
     tables = [table for workload in workloads(quick).values() for table in measure(workload, quick, failures)]
     notes = [
-        "2 ranks as separate processes with torchrun's variables, Gloo, OMP_NUM_THREADS=1 each.",
+        "2 ranks as separate processes with torchrun's variables, Gloo, OMP_NUM_THREADS=1 each, every rank "
+        "bound to a CPU of its own (as Slurm's --cpu-bind=cores binds a task; left to the scheduler, runs of "
+        "the same program differ by 20-40 % depending on where the ranks' and Gloo's threads land).",
         "Variants run interleaved (one run of each per round, order rotated every round).",
         "Each run's number is rank zero's median time between consecutive batch starts (steady) or its "
         "wall time over all steps after the first epoch, validation and epoch ends included.",
@@ -366,6 +383,9 @@ def run(quick: bool = False) -> Report:
     settings = {
         "ranks": RANKS,
         "backend": "gloo",
+        "ranks bound to CPUs": "yes"
+        if len(os.sched_getaffinity(0)) >= RANKS
+        else "no (fewer CPUs than ranks)",
         "lightning_strategy": "ddp",
         "load average before / after (1 min)": f"{load_before:.2f} / {os.getloadavg()[0]:.2f}",
         "failed runs (each run again once)": "; ".join(failures) or "none",

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 
 from bench import ddp_cpu
@@ -48,3 +52,17 @@ def test_a_run_that_fails_twice_is_an_error(monkeypatch: pytest.MonkeyPatch) -> 
     with pytest.raises(ddp_cpu.RunFailed):
         ddp_cpu.run_job("trainer_core", "tiny", True, failures)
     assert failures == ["trainer_core on tiny: rank(s) [0] wrote no result"]
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < ddp_cpu.RANKS, reason="needs a CPU per rank")
+@pytest.mark.parametrize("rank", range(ddp_cpu.RANKS))
+def test_each_rank_is_bound_to_a_cpu_of_its_own(rank: int) -> None:
+    # In a child process: binding the test process itself would slow every later test.
+    script = (
+        "import os; from bench import ddp_cpu; "
+        f"cpu = ddp_cpu.pin_to_core({rank}); print(cpu, sorted(os.sched_getaffinity(0)))"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
+    cpu, bound = out.split(" ", 1)
+    assert int(cpu) == sorted(os.sched_getaffinity(0))[rank]
+    assert bound.strip() == f"[{cpu}]"
