@@ -18,6 +18,7 @@ import yaml
 from launcher import rundir
 from launcher.config import JobConfig
 from launcher.signals import SignalRecorder, ignore_from_now, signal_name
+from launcher.startup import collector_paused
 from launcher.targets import instantiate
 from launcher.validate import job_from_dict
 
@@ -149,7 +150,12 @@ def main() -> None:
     A preempted rank exits with code 0: its part is done and last.ckpt is committed; `launch` reads the
     run's status from run.json.
     """
-    from torch.distributed.elastic.multiprocessing.errors import record
+    with collector_paused():
+        # What every rank imports before its first step; torch.optim imports torch._dynamo on first use.
+        import torch._dynamo  # noqa: F401
+        from torch.distributed.elastic.multiprocessing.errors import record
+
+        import trainer_core  # noqa: F401
 
     if len(sys.argv) != 2:
         sys.exit("usage: python -m launcher.rank_main RUN_DIR")

@@ -35,6 +35,7 @@ from typing import IO, Any
 
 from launcher.errors import ConfigError, LaunchError, exit_code_for
 from launcher.signals import STOP_SIGNALS, SignalRecorder
+from launcher.startup import collector_paused
 
 log = logging.getLogger("launcher")
 
@@ -224,17 +225,18 @@ def _job_process(requests: IO[str], replies: IO[str]) -> int:
     """The job process after the fork: warm up, answer the target check, run the job; its exit code."""
     recorder = SignalRecorder().install()  # first: a stop signal passed on by `launch` is recorded, not fatal
     _end_with_launcher()
-    import torch  # noqa: F401  (the warm-up: what every run needs first, while `launch` composes)
+    with collector_paused():
+        import torch  # noqa: F401  (the warm-up: what every run needs first, while `launch` composes)
 
-    import launcher.rank_main  # noqa: F401
-    import trainer_core  # noqa: F401
+        import launcher.rank_main  # noqa: F401
+        import trainer_core  # noqa: F401
 
-    request = _read(requests)
-    if request is None:
-        return 0
-    replies.write(json.dumps(_check(request["check"])) + "\n")
-    replies.flush()
-    _prefetch(request["check"])  # while `launch` writes the run directory
+        request = _read(requests)
+        if request is None:
+            return 0
+        replies.write(json.dumps(_check(request["check"])) + "\n")
+        replies.flush()
+        _prefetch(request["check"])  # while `launch` writes the run directory
     request = _read(requests)
     if request is None:
         return 0

@@ -8,6 +8,7 @@ LAUNCH_WARM_START=0) gives the same weights.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -138,3 +139,33 @@ def test_a_run_without_the_early_job_process_gives_the_same_weights(tmp_path: Pa
         for n in ("warm", "cold")
     )
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+GC_PROBE = '''
+import gc, json, os
+from launcher.example import Classifier
+
+class GcProbe(Classifier):
+    """Records, at its first training step, whether the collector runs and how much start-up it froze."""
+
+    def training_step(self, batch, batch_idx):
+        if batch_idx == 0 and self.current_epoch == 0:
+            state = {"enabled": gc.isenabled(), "frozen": gc.get_freeze_count()}
+            with open(f"gc_rank{os.environ.get('RANK', '0')}.json", "w") as handle:
+                json.dump(state, handle)
+        return super().training_step(batch, batch_idx)
+'''
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("devices", [1, 2])
+def test_ranks_train_with_the_collector_on_and_start_up_frozen(tmp_path: Path, devices: int) -> None:
+    # Start-up imports run with the cyclic collector paused (launcher.startup); training must not.
+    (tmp_path / "gc_probe.py").write_text(GC_PROBE)
+    probe = "model._target_=gc_probe.GcProbe"
+    result = launch(tmp_path, *FAST, probe, f"trainer.devices={devices}")
+    assert result.returncode == 0, explain(result)
+    for rank in range(devices):
+        state = json.loads((tmp_path / f"gc_rank{rank}.json").read_text())
+        assert state["enabled"] is True, rank
+        assert state["frozen"] > 100_000, rank  # torch's and torch._dynamo's objects, frozen at start-up

@@ -13,7 +13,6 @@ import os
 import threading
 from typing import TYPE_CHECKING, Any
 
-import psutil
 import torch
 
 from trainer_core.callbacks import rank_stats
@@ -91,12 +90,16 @@ class _CpuProbe:
     """Process and system CPU and memory through psutil."""
 
     def __init__(self) -> None:
+        import psutil  # here, not at the top: its import takes ~70 ms that runs without this callback skip
+
+        self._psutil = psutil
         self._process = psutil.Process()
         # psutil's CPU percentages are "since the previous call": prime them so the first sample is real.
         self._process.cpu_percent(None)
         psutil.cpu_percent(None)
 
     def sample(self) -> dict[str, float]:
+        psutil = self._psutil
         memory = psutil.virtual_memory()
         return {
             "cpu_process_percent": float(self._process.cpu_percent(None)),
