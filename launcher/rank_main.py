@@ -144,18 +144,26 @@ def run(run_dir: Path, in_launcher: bool = False, recorder: SignalRecorder | Non
     return Outcome(status, stop_signal, int(trainer.global_step), job)
 
 
+def import_for_training() -> None:
+    """Import what a rank needs before its first step, with the cyclic collector paused (launcher.startup).
+
+    torch.optim imports torch._dynamo when the first optimizer is made: imported here, it costs less.
+    """
+    with collector_paused():
+        import torch._dynamo
+        import torch.distributed.elastic.multiprocessing.errors  # noqa: F401
+
+        import trainer_core  # noqa: F401
+
+
 def main() -> None:
     """Entry point of one rank: `python -m launcher.rank_main RUN_DIR`.
 
     A preempted rank exits with code 0: its part is done and last.ckpt is committed; `launch` reads the
     run's status from run.json.
     """
-    with collector_paused():
-        # What every rank imports before its first step; torch.optim imports torch._dynamo on first use.
-        import torch._dynamo  # noqa: F401
-        from torch.distributed.elastic.multiprocessing.errors import record
-
-        import trainer_core  # noqa: F401
+    import_for_training()
+    from torch.distributed.elastic.multiprocessing.errors import record
 
     if len(sys.argv) != 2:
         sys.exit("usage: python -m launcher.rank_main RUN_DIR")

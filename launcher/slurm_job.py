@@ -58,6 +58,7 @@ class SlurmRankJob:
 
         # Replaces submitit's USR2 handler (see the module docstring): this process owns the signal.
         recorder = SignalRecorder().install()
+        rank_main.import_for_training()
         run_dir = Path(self.run_dir)
         _remove_stale_result()
         if rank_main.global_rank() == 0:
