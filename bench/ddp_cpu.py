@@ -88,7 +88,7 @@ def workloads(quick: bool) -> dict[str, Workload]:
     return {
         "tiny": Workload("tiny", (32, 64, 10), 64, 20_000, 3, 5, {"trainer_core": 1.15}),
         "compute": Workload(
-            "compute", (1024, 4096, 4096, 10), 256, 2 * 256 * 4, 3, 3, {"trainer_core": 1.02}
+            "compute", (1024, 4096, 4096, 10), 256, 2 * 256 * 4, 3, 5, {"trainer_core": 1.02}
         ),
     }
 
