@@ -54,7 +54,7 @@ def _parse(argv: list[str], benchmarks: dict[str, str]) -> argparse.Namespace:
         "--summary-only",
         action="store_true",
         help="measure nothing: rebuild summary.md and summary.png from the <name>.json files in the output "
-        "directory (after benchmarks were run one at a time)",
+        "directory",
     )
     args = parser.parse_args(argv)
     if args.out is None:
@@ -69,17 +69,15 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         print(f"unknown benchmark(s) {unknown}; choose from {sorted(benchmarks)}", file=sys.stderr)
         return 2
-    reports: list[Report] = []
-    if args.summary_only:
-        reports = [Report.from_json(json.loads((args.out / f"{name}.json").read_text()))
-                   for name in sorted(benchmarks) if (args.out / f"{name}.json").is_file()]  # fmt: skip
     for name in [] if args.summary_only else args.names or list(benchmarks):
         started = time.perf_counter()
         report: Report = importlib.import_module(benchmarks[name]).run(quick=args.quick)
         markdown, data = report.write(args.out)
-        reports.append(report)
         print(report.markdown())
         print(f"[{name}: {time.perf_counter() - started:.0f} s; wrote {markdown} and {data}]")
+    # The summary covers every result in the directory: running one benchmark keeps the others' rows.
+    reports = [Report.from_json(json.loads((args.out / f"{name}.json").read_text()))
+               for name in sorted(benchmarks) if (args.out / f"{name}.json").is_file()]  # fmt: skip
     summary, chart = write_summary(reports, args.out)
     print(summary.read_text())
     print(f"[suite: wrote {summary}" + (f" and {chart}]" if chart else "; no chart without matplotlib]"))

@@ -181,13 +181,18 @@ def _exit_finished_rank() -> None:
     exception") after a run that finished, which would report a finished job as failed. Everything the rank
     wrote is flushed first: pending checkpoint commits, log handlers, the standard streams.
     """
+    flush_finished_work()
+    os._exit(0)
+
+
+def flush_finished_work() -> None:
+    """Before a process ends with `os._exit`: pending checkpoint commits done, logs and streams flushed."""
     from trainer_core import checkpoint
 
     checkpoint.wait_for_pending()
     logging.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()
-    os._exit(0)
 
 
 # Installed on import, before torch loads: a stop signal sent to a rank that is still starting is recorded,

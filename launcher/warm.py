@@ -228,7 +228,7 @@ def _job_process(requests: IO[str], replies: IO[str]) -> int:
     with collector_paused():
         import torch  # noqa: F401  (the warm-up: what every run needs first, while `launch` composes)
 
-        import launcher.rank_main  # noqa: F401
+        import launcher.rank_main
         import trainer_core  # noqa: F401
 
         request = _read(requests)
@@ -241,10 +241,7 @@ def _job_process(requests: IO[str], replies: IO[str]) -> int:
     if request is None:
         return 0
     code = _run(Path(request["run"]), recorder)
-    # As a finished rank does (launcher.rank_main): pending commits and logs flushed; the caller ends the
-    # process with os._exit, without the interpreter's teardown (Gloo's sometimes aborts).
-    from trainer_core import checkpoint
-
-    checkpoint.wait_for_pending()
-    logging.shutdown()
+    # As a finished rank does: the caller ends the process with os._exit, without the interpreter's teardown
+    # (Gloo's sometimes aborts).
+    launcher.rank_main.flush_finished_work()
     return code

@@ -43,7 +43,7 @@ from typing import IO, Any, cast
 
 import torch
 
-from trainer_core.checkpoint_spool import Spool, remove_stale_temporaries, temporary_path
+from trainer_core.checkpoint_spool import Spool, discard, remove_stale_temporaries, temporary_path
 from trainer_core.errors import CheckpointError
 from trainer_core.plain_types import to_plain as to_plain  # hyperparameters in checkpoints
 
@@ -108,7 +108,7 @@ def _write_temporary(state: Mapping[str, Any], target: Path) -> _Commit:
         return _Commit(target, spool, _position(state))
     except BaseException as error:
         spool.close()
-        _discard(temporary)  # a second Ctrl-C mid-write: the previous file stays as it was
+        discard(temporary)  # a second Ctrl-C mid-write: the previous file stays as it was
         if isinstance(error, OSError):
             raise CheckpointError(_write_failed_message(target, error)) from error
         raise
@@ -121,10 +121,10 @@ def _commit(job: _Commit) -> None:
         digest = _check_written(job)
         _replace(job.spool.temporary, job.target)
     except Exception as error:
-        _discard(job.spool.temporary)
+        discard(job.spool.temporary)
         raise _commit_error(job.target, error) from error
     except BaseException:
-        _discard(job.spool.temporary)
+        discard(job.spool.temporary)
         raise
     _write_manifest(job.target, job.spool.size, digest, job.position)
     remove_stale_temporaries(job.target)
@@ -237,12 +237,6 @@ def manifest_path(path: str | os.PathLike[str]) -> Path:
 
 def _remove_quietly(path: Path) -> None:
     with contextlib.suppress(FileNotFoundError):
-        path.unlink()
-
-
-def _discard(path: Path) -> None:
-    """Delete a temporary file while already handling a failure: a second error must not hide the first."""
-    with contextlib.suppress(OSError):
         path.unlink()
 
 

@@ -79,7 +79,7 @@ def remove_stale_temporaries(target: Path) -> None:
         return  # the checkpoint is committed; a leftover temporary only costs disk space
     for name in names:
         if _writer_gone(name[len(prefix) :]):
-            _discard(target.with_name(name))
+            discard(target.with_name(name))
 
 
 def _writer_gone(suffix: str) -> bool:
@@ -96,6 +96,8 @@ def _writer_gone(suffix: str) -> bool:
     return False
 
 
-def _discard(path: Path) -> None:
-    with contextlib.suppress(OSError):  # a temporary another process deleted first is gone all the same
+def discard(path: Path) -> None:
+    """Delete a temporary file, ignoring errors: one already gone (another process cleaned it up) is fine,
+    and while a failure is being handled a second error must not hide the first."""
+    with contextlib.suppress(OSError):
         path.unlink()

@@ -56,3 +56,23 @@ def test_a_summary_rebuilt_from_the_written_json_files_has_every_benchmark(tmp_p
     assert "| ddp_cpu | ddp_cpu: step | trainer_core |" in summary
     # ratios and verdicts computed again from the samples: 0.003 over the median of 0.002 and 0.0022
     assert f"{0.003 / 0.0021:.3f}x" in summary and "NO" in summary
+
+
+def test_running_one_benchmark_keeps_the_other_results_in_the_summary(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import bench.__main__ as runner
+
+    (tmp_path / "fake_bench.py").write_text(
+        "from tests.bench.test_bench_report import report\n"
+        'NAME = "fake"\nTITLE = "t"\n\n'
+        'def run(quick=False):\n    return report("fake", 0.001, 0.0012, None)\n'
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(runner, "discover", lambda: {"fake": "fake_bench", "ddp_cpu": "bench.ddp_cpu"})
+    out = tmp_path / "results"
+    report("ddp_cpu", 0.002, 0.003, 1.15).write(out)  # an earlier run's result
+    assert runner.main(["fake", "--out", str(out)]) == 0
+    summary = (out / "summary.md").read_text()
+    assert "| fake | fake: step | trainer_core |" in summary
+    assert "| ddp_cpu | ddp_cpu: step | trainer_core |" in summary
