@@ -244,6 +244,24 @@ def destroy_process_group(
     worker.join(within.total_seconds())
     if worker.is_alive():
         log.warning("Leaving the process group took over %g s; going on without it", within.total_seconds())
+    let_gloo_workers_finish()
+
+
+# How long a rank about to exit leaves the GIL to Gloo's worker threads (see `let_gloo_workers_finish`).
+_GLOO_DRAIN_S = 0.2
+
+
+def let_gloo_workers_finish() -> None:
+    """Leave the GIL to Gloo's worker threads for a moment, so they release the last collectives' tensors.
+
+    A Gloo worker thread that drops a finished collective after Python has dropped it frees the tensors
+    itself, and freeing a tensor that Python made takes the GIL. The groups (and their threads) live on while
+    the trainer, DDP or the collectives still refer to them. If the interpreter is already finalizing when
+    such a thread asks for the GIL, Python ends the thread in the middle of torch's C++ code and the process
+    aborts ("terminate called without an active exception") after a run that finished. On a busy machine the
+    thread may not have run since the last collective; this pause, once at exit, lets it.
+    """
+    time.sleep(_GLOO_DRAIN_S)
 
 
 def join_job(env: RankEnvironment, strategy: DDPStrategy | None, accelerator: str) -> TorchCollectives:
@@ -259,8 +277,10 @@ def join_job(env: RankEnvironment, strategy: DDPStrategy | None, accelerator: st
     )
     if created:
         atexit.register(destroy_process_group, collectives, timedelta(seconds=10))
-    elif collectives.failure_watch is not None:
-        atexit.register(collectives.failure_watch.stop)
+    else:  # the script destroys its group; the trainer's own threads and Gloo's still need a clean exit
+        atexit.register(let_gloo_workers_finish)
+        if collectives.failure_watch is not None:
+            atexit.register(collectives.failure_watch.stop)
     add_rank_prefix_to_logs(env.rank)
     return collectives
 
