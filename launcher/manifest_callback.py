@@ -7,8 +7,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from launcher import rundir
-from trainer_core import checkpoint as checkpoint_io
 from trainer_core.callbacks import Callback
+from trainer_core.checkpoint import io as checkpoint_io
 
 if TYPE_CHECKING:
     from trainer_core.module import TrainingModule

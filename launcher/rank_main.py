@@ -126,8 +126,12 @@ def run(run_dir: Path, in_launcher: bool = False, recorder: SignalRecorder | Non
         callbacks=callbacks,
         plugins=[run_config],
     )
+    from trainer_core.checkpoint.resume import has_checkpoints
+
     last_ckpt = run_dir / rundir.LAST_CKPT
-    ckpt_path = str(last_ckpt) if last_ckpt.is_file() else None
+    # Any checkpoint in the run's directory means a resume: from last.ckpt, or, when it is missing or
+    # damaged, from the newest intact file beside it (trainer_core.checkpoint.resume).
+    ckpt_path = str(last_ckpt) if has_checkpoints(last_ckpt.parent) else None
     if ckpt_path:
         log.info("resuming from %s", ckpt_path)
     log.info("run directory: %s (world size %d)", run_dir, trainer.world_size)

@@ -15,5 +15,27 @@ class CheckpointError(TrainerCoreError):
     """A checkpoint that is missing, truncated, corrupt or incompatible with the run."""
 
 
+class CheckpointWriteError(CheckpointError):
+    """A checkpoint could not be written (disk full, read-only storage); the previous one stays committed.
+
+    `message` may hold `{space}`, filled with the free space and the size needed when both are known.
+    """
+
+    def __init__(self, message: str, needed: int | None = None, free: int | None = None) -> None:
+        space = ""
+        if needed is not None and free is not None:
+            space = f": {free / 2**20:.1f} MiB free, the checkpoint needs about {needed / 2**20:.1f} MiB"
+        super().__init__(message.replace("{space}", space))
+        self.needed, self.free = needed, free
+
+
+class NoCheckpointToResume(CheckpointError):
+    """Resume found no intact checkpoint: every candidate was missing, damaged or unreadable."""
+
+    def __init__(self, message: str, tried: list[tuple[str, str]]) -> None:
+        super().__init__(message)
+        self.tried = tried  # (file, why it was skipped), newest first
+
+
 class DistributedError(TrainerCoreError, RuntimeError):
     """The ranks of a job disagree (a skipped collective, a failed rank, a wrong rank layout)."""

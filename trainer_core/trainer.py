@@ -16,15 +16,15 @@ from typing import Any
 
 import torch
 
-from trainer_core import checkpoint as checkpoint_io
 from trainer_core import optim
 from trainer_core.callbacks.base import Callback
 from trainer_core.callbacks.dispatch import HookDispatcher
+from trainer_core.checkpoint import io as checkpoint_io
+from trainer_core.checkpoint import layout
 from trainer_core.collectives import Collectives, SingleProcess
 from trainer_core.components import AttachedComponents
 from trainer_core.datamodule import DataModule
 from trainer_core.errors import MisconfigurationError
-from trainer_core.loops import checkpointing
 from trainer_core.loops.data import move_to_device
 from trainer_core.loops.settings import TrainerSettings
 from trainer_core.metrics import MetricStore, to_floats
@@ -354,18 +354,23 @@ class Trainer(AttachedComponents):
 
     # -- checkpoints ------------------------------------------------------------------------------------
     def save_checkpoint(
-        self, filepath: str | os.PathLike[str], weights_only: bool = False, background: bool = False
+        self,
+        filepath: str | os.PathLike[str],
+        weights_only: bool = False,
+        background: bool = False,
+        also_as: Sequence[str | os.PathLike[str]] = (),
     ) -> None:
         """Write the full training state (or only the weights) atomically; rank zero writes the file.
 
-        Every rank must call it. The file is committed when this returns; with `background=True` (what
-        `ModelCheckpoint` uses) the state is serialised before it returns and the commit (fsync, verify,
-        rename) follows on a background thread: `trainer_core.checkpoint.wait_for_pending()` waits for it, and
-        so do loading, deleting and the end of the stage.
+        Every rank must call it. The file is committed when this returns. With `background=True` (what
+        `ModelCheckpoint` uses) this returns once the state is copied (a snapshot in host memory); the
+        writer thread serialises, fsyncs, verifies and renames it: `checkpoint.wait_for_pending()` waits
+        for that, and so do loading, deleting and the end of the stage. `also_as`: more names for the same
+        bytes (hard links, or copies), written once.
         """
-        state = checkpointing.dump(self, weights_only)
+        state = layout.dump(self, weights_only)
         if self.is_global_zero:
-            checkpoint_io.save_atomic(state, filepath, sync=not background)
+            checkpoint_io.save(state, [filepath, *also_as], sync=not background)
 
     # -- rank helpers ---------------------------------------------------------------------------------------
     def broadcast(self, obj: Any, src: int = 0) -> Any:
@@ -475,7 +480,9 @@ class Trainer(AttachedComponents):
     @property
     def estimated_stepping_batches(self) -> int | float:
         """How many optimizer steps `fit` will take (inf when unbounded)."""
-        return checkpointing.estimated_stepping_batches(self)
+        from trainer_core.loops import runner
+
+        return runner.estimated_stepping_batches(self)
 
     @property
     def precision(self) -> str:

@@ -20,12 +20,13 @@ from trainer_core.checkpoint import (
     exists,
     load,
     manifest_path,
-    newest_verified,
     remove,
     save_atomic,
+    set_snapshots_in_flight,
     verify,
     wait_for_pending,
 )
+from trainer_core.checkpoint.resume import pick
 from trainer_core.errors import CheckpointError
 
 _real_fsync = os.fsync
@@ -35,6 +36,19 @@ _real_fsync = os.fsync
 def _nothing_left_pending() -> Iterator[None]:
     yield
     wait_for_pending()  # a commit error a test left unraised fails that test, not the next one
+
+
+@pytest.fixture
+def queue_of_snapshots() -> Iterator[None]:
+    """Let several saves queue behind a held writer (one snapshot in flight is the default)."""
+    set_snapshots_in_flight(4)
+    yield
+    set_snapshots_in_flight(1)
+
+
+def newest_verified(directory: Path) -> Path:
+    """The file a resume of `directory`'s last.ckpt would read."""
+    return Path(pick(directory / "last.ckpt", full=False)[0])
 
 
 def _slow_fsync(monkeypatch: pytest.MonkeyPatch, seconds: float = 0.2) -> None:
@@ -92,7 +106,8 @@ def _fail_once(real: Callable[..., Any], code: int = errno.EIO) -> Callable[...,
 
 
 def test_save_returns_before_the_commit_and_the_caller_may_change_its_tensors(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     gate = _Gate()
     monkeypatch.setattr(os, "fsync", gate)
@@ -115,8 +130,9 @@ def test_load_right_after_save_sees_the_new_file(tmp_path: Path, monkeypatch: py
     assert load(path) == {"generation": 2}
 
 
-def test_verify_and_newest_verified_wait_for_the_commit(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+def test_verify_and_resume_wait_for_the_commit(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     _slow_fsync(monkeypatch)
     save_atomic({"global_step": 5}, tmp_path / "a.ckpt")
@@ -126,7 +142,8 @@ def test_verify_and_newest_verified_wait_for_the_commit(
 
 
 def test_two_commits_to_one_path_land_in_order_and_the_later_wins(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     gate = _Gate()
     monkeypatch.setattr(os, "fsync", gate)
@@ -141,7 +158,8 @@ def test_two_commits_to_one_path_land_in_order_and_the_later_wins(
 
 
 def test_a_third_save_to_a_path_waits_while_two_commits_to_it_are_pending(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     gate = _Gate()
     monkeypatch.setattr(os, "fsync", gate)
@@ -160,7 +178,8 @@ def test_a_third_save_to_a_path_waits_while_two_commits_to_it_are_pending(
 
 
 def test_a_sync_save_lands_after_the_queued_saves_to_its_path(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     _slow_fsync(monkeypatch, 0.1)
     path = tmp_path / "last.ckpt"
@@ -172,7 +191,9 @@ def test_a_sync_save_lands_after_the_queued_saves_to_its_path(
 
 
 def test_commits_to_different_paths_keep_the_order_of_the_saves(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    queue_of_snapshots: None,
 ) -> None:
     gate = _Gate()
     renamed: list[str] = []
@@ -195,7 +216,8 @@ def test_commits_to_different_paths_keep_the_order_of_the_saves(
 
 
 def test_remove_after_save_removes_the_committed_file_and_its_manifest(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     _slow_fsync(monkeypatch)
     path = tmp_path / "epoch=0.ckpt"
@@ -206,7 +228,8 @@ def test_remove_after_save_removes_the_committed_file_and_its_manifest(
 
 
 def test_retention_deletes_the_old_file_only_once_the_new_one_is_committed(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     old, new = tmp_path / "epoch=0.ckpt", tmp_path / "epoch=1.ckpt"
     save_atomic({"global_step": 1}, old, sync=True)
@@ -241,7 +264,9 @@ def test_a_failed_commit_keeps_the_previous_file_and_surfaces_as_a_checkpoint_er
 
 
 def test_the_next_save_raises_a_commit_failure_that_happened_since(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    queue_of_snapshots: None,
 ) -> None:
     path, other = tmp_path / "last.ckpt", tmp_path / "other.ckpt"
     save_atomic({"generation": 1}, path, sync=True)
@@ -258,20 +283,22 @@ def test_the_next_save_raises_a_commit_failure_that_happened_since(
 
 
 def test_remove_after_a_failed_commit_raises_and_keeps_the_old_file(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     old, new = tmp_path / "epoch=0.ckpt", tmp_path / "epoch=1.ckpt"
     save_atomic({"global_step": 1}, old, sync=True)
     monkeypatch.setattr(os, "fsync", _fail_once(os.fsync, errno.ENOSPC))
     save_atomic({"global_step": 2}, new)
-    with pytest.raises(CheckpointError, match=r"epoch=1\.ckpt.*disk is full"):
+    with pytest.raises(CheckpointError, match=r"epoch=1\.ckpt.*No space left on device"):
         remove(old)  # retention must not delete the only good file
     assert _names(tmp_path) == ["epoch=0.ckpt", "epoch=0.ckpt.json"]
     assert newest_verified(tmp_path) == old
 
 
 def test_a_background_remove_returns_at_once_and_deletes_only_after_the_new_commit(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     old, new = tmp_path / "epoch=0.ckpt", tmp_path / "epoch=1.ckpt"
     save_atomic({"global_step": 1}, old, sync=True)
@@ -290,7 +317,8 @@ def test_a_background_remove_returns_at_once_and_deletes_only_after_the_new_comm
 
 
 def test_a_background_remove_keeps_the_old_file_when_the_commit_before_it_fails(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     old, new = tmp_path / "epoch=0.ckpt", tmp_path / "epoch=1.ckpt"
     save_atomic({"global_step": 1}, old, sync=True)
@@ -306,14 +334,16 @@ def test_a_background_remove_keeps_the_old_file_when_the_commit_before_it_fails(
     save_atomic({"global_step": 2}, new)
     remove(old, background=True)  # queued while the commit is still running: it fails afterwards
     gate.release.set()
-    with pytest.raises(CheckpointError, match=r"epoch=1\.ckpt.*disk is full"):
+    with pytest.raises(CheckpointError, match=r"epoch=1\.ckpt.*No space left on device"):
         wait_for_pending()
     assert _names(tmp_path) == ["epoch=0.ckpt", "epoch=0.ckpt.json"]
     assert newest_verified(tmp_path) == old
 
 
 def test_a_background_remove_after_a_recorded_failure_raises_it_and_deletes_nothing(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    queue_of_snapshots: None,
 ) -> None:
     old, new, other = tmp_path / "epoch=0.ckpt", tmp_path / "epoch=1.ckpt", tmp_path / "other.ckpt"
     save_atomic({"global_step": 1}, old, sync=True)
@@ -329,7 +359,9 @@ def test_a_background_remove_after_a_recorded_failure_raises_it_and_deletes_noth
 
 
 def test_commits_after_a_failed_one_still_land_and_every_failure_is_named(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    queue_of_snapshots: None,
 ) -> None:
     gate = _Gate()
     calls = {"n": 0}
@@ -400,7 +432,7 @@ def test_a_process_that_saves_and_exits_at_once_leaves_a_committed_file(tmp_path
         def slow_fsync(fd):
             time.sleep(0.5)  # the commit is still running when the script ends
             real_fsync(fd)
-        checkpoint.os.fsync = slow_fsync
+        os.fsync = slow_fsync
         checkpoint.save_atomic({{"weights": torch.arange(10.0)}}, {str(path)!r})
         sys.exit(0)
         """

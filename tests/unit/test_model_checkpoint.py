@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -15,7 +16,7 @@ from torch.utils.data import DataLoader, TensorDataset
 import trainer_core as tc
 from trainer_core.callbacks import Callback
 from trainer_core.callbacks.model_checkpoint import ModelCheckpoint, format_template
-from trainer_core.checkpoint import save_atomic, wait_for_pending
+from trainer_core.checkpoint import save, wait_for_pending
 from trainer_core.errors import MisconfigurationError
 
 
@@ -51,13 +52,16 @@ class FakeTrainer:
             return obj
         return self._channel.pop(0)
 
-    def save_checkpoint(self, path: str, weights_only: bool = False, background: bool = False) -> None:
-        self.saved.append(path)
-        directory = os.path.dirname(path)
-        self.present_at_save.append(set(os.listdir(directory)) if os.path.isdir(directory) else set())
-        if self.is_global_zero:
-            os.makedirs(directory, exist_ok=True)
-            torch.save({"global_step": self.global_step}, path)
+    def save_checkpoint(
+        self, path: str, weights_only: bool = False, background: bool = False, also_as: Sequence[str] = ()
+    ) -> None:
+        for name in (path, *also_as):
+            self.saved.append(name)
+            directory = os.path.dirname(name)
+            self.present_at_save.append(set(os.listdir(directory)) if os.path.isdir(directory) else set())
+            if self.is_global_zero:
+                os.makedirs(directory, exist_ok=True)
+                torch.save({"global_step": self.global_step}, name)
 
 
 def end_epoch(callback: ModelCheckpoint, trainer: FakeTrainer, steps: int = 10, **metrics: float) -> None:
@@ -157,9 +161,11 @@ def test_old_top_k_file_is_deleted_only_after_the_new_one_is_written(tmp_path: P
 class CommittingTrainer(FakeTrainer):
     """Saves as the real trainer does: through `save_atomic`, committed in the background when asked."""
 
-    def save_checkpoint(self, path: str, weights_only: bool = False, background: bool = False) -> None:
-        self.saved.append(path)
-        save_atomic({"global_step": self.global_step}, path, sync=not background)
+    def save_checkpoint(
+        self, path: str, weights_only: bool = False, background: bool = False, also_as: Sequence[str] = ()
+    ) -> None:
+        self.saved += [path, *also_as]
+        save({"global_step": self.global_step}, [path, *also_as], sync=not background)
 
 
 @pytest.mark.timeout(60)

@@ -187,13 +187,13 @@ def test_first_ctrl_c_saves_and_a_second_one_during_the_write_keeps_the_previous
     _fit(tmp_path, [SignalAt("on_train_epoch_end", lambda t, *a: True, signal.SIGINT)], max_epochs=2)
     last = tmp_path / "ckpts" / "last.ckpt"
     before = last.read_bytes()
-    real_serialize = checkpoint_io._serialize
+    real_serialize = checkpoint_io.io._serialize
 
     def interrupted_write(state: Any, file: Any) -> None:
         real_serialize(state, file)
         os.kill(os.getpid(), signal.SIGINT)  # the second Ctrl-C, while last.ckpt is being written
 
-    monkeypatch.setattr(checkpoint_io, "_serialize", interrupted_write)
+    monkeypatch.setattr(checkpoint_io.io, "_serialize", interrupted_write)
     first = SignalAt("on_train_batch_end", lambda t, *a: t.global_step == 12, signal.SIGINT)
     with pytest.raises(KeyboardInterrupt):
         _fit(tmp_path, [first], ckpt_path="last", max_epochs=2)

@@ -2,9 +2,10 @@
 
 Every rank reaches the same save points; global rank zero decides the file names and the top-k bookkeeping
 (it alone looks at the file system) and broadcasts that plan, so every rank saves and records the same thing.
-Files are written by `trainer.save_checkpoint` (atomic, committed in the background); an old top-k file is
-deleted only after its replacement is committed, by the same background committer, so a save point costs the
-training thread the serialisation only, never a wait for a commit's fsync.
+Files are written by `trainer.save_checkpoint` (a snapshot on the training thread; serialised once per save
+point and committed by the writer thread, which links the save point's other names to the same bytes); an old
+top-k file is deleted only after its replacement is committed, by the same writer, so a save point costs the
+training thread one memory copy of the state, never a wait for a commit's fsync.
 """
 
 from __future__ import annotations
@@ -19,8 +20,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from trainer_core import checkpoint as checkpoint_io
 from trainer_core.callbacks.base import Callback
+from trainer_core.checkpoint import io as checkpoint_io
 from trainer_core.errors import MisconfigurationError
 
 if TYPE_CHECKING:
@@ -362,10 +363,13 @@ class ModelCheckpoint(Callback):
         """Every rank: take the bookkeeping, save, and (rank zero) delete what the new files replace."""
         if not trainer.is_global_zero:
             self.load_state_dict(plan.state)
-        for path in plan.saves:
-            trainer.save_checkpoint(path, weights_only=self.save_weights_only, background=True)
+        if plan.saves:
+            # One snapshot and one serialisation for every file of this save point (top-k and last.ckpt
+            # hold the same bytes); the writer links the other names to it.
+            first, *others = plan.saves
+            trainer.save_checkpoint(first, self.save_weights_only, background=True, also_as=others)
             self._last_global_step_saved = trainer.global_step
-            if path == self.last_model_path:
+            if self.last_model_path in plan.saves:
                 self._last_global_step_saved_last = trainer.global_step
         if trainer.is_global_zero:
             for path in plan.deletes:

@@ -10,8 +10,9 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from trainer_core import optim, seed
+from trainer_core.checkpoint import io as checkpoint_io
+from trainer_core.checkpoint import layout
 from trainer_core.errors import MisconfigurationError
-from trainer_core.loops import checkpointing
 from trainer_core.loops.data import LookAhead, resumable_loader, start_loader_at
 from trainer_core.loops.evaluation import EvaluationLoop
 
@@ -155,6 +156,7 @@ class FitLoop:
 
     def _after_batch(self, batch_idx: int, is_last: bool, validate: bool = False) -> str:
         """Validation when due, then the stop rules (should_stop, max_steps) and the preemption check."""
+        checkpoint_io.raise_failure()  # a checkpoint that failed to commit stops training at once
         validated = validate or self._should_validate(batch_idx, is_last)
         if validated and self._validate():
             return PREEMPTED
@@ -212,7 +214,7 @@ class FitLoop:
     def _save_and_stop(self) -> None:
         trainer = self.trainer
         self.votes.drain()
-        path = checkpointing.save_last(trainer)
+        path = layout.save_last(trainer)
         trainer.state.status = "preempted"
         log.warning(
             "Stop signal %s: saved %s at epoch %d, step %d%s; fit returns, and resumes from it with "

@@ -7,11 +7,11 @@ import logging
 import math
 from typing import TYPE_CHECKING, Any
 
-from trainer_core import checkpoint as checkpoint_io
 from trainer_core import distributed, optim
+from trainer_core.checkpoint import io as checkpoint_io
+from trainer_core.checkpoint import layout
 from trainer_core.datamodule import DataModule
 from trainer_core.errors import MisconfigurationError
-from trainer_core.loops import checkpointing
 from trainer_core.loops.data import as_loader_list, limited_length, without_shuffle
 from trainer_core.loops.optimization import Optimization
 from trainer_core.module import TrainingModule
@@ -170,8 +170,7 @@ def run_stage(trainer: Trainer, stage: str, ckpt_path: Any) -> Any:
         _configure_optimizers(trainer, model)
     trainer.ckpt_path = None  # type: ignore[attr-defined]  # the file this run resumed from (Lightning's name)
     if ckpt_path is not None:
-        trainer.ckpt_path = checkpointing.resolve_path(trainer, ckpt_path)  # type: ignore[attr-defined]
-        checkpointing.restore(trainer, trainer.ckpt_path, full=stage == "fit")
+        trainer.ckpt_path = layout.restore(trainer, ckpt_path, full=stage == "fit")  # type: ignore[attr-defined]
     if stage == "fit":
         FitLoop(trainer).run()
         return None
@@ -233,3 +232,19 @@ def teardown(trainer: Trainer, stage: str) -> None:
     # Checkpoints commit in the background: they are all at their paths when the stage returns (and before
     # the next stage's barrier, after which other ranks may read them); a failed commit is raised here.
     checkpoint_io.wait_for_pending()
+
+
+def estimated_stepping_batches(trainer: Trainer) -> int | float:
+    """Optimizer steps `fit` will take: per-epoch steps times epochs, bounded by max_steps."""
+    s = trainer.settings
+    batches = trainer.num_training_batches
+    if trainer.train_dataloader is None:
+        raise MisconfigurationError(
+            "estimated_stepping_batches is known once fit has its training dataloader; read it from "
+            "configure_optimizers or later"
+        )
+    per_epoch = math.ceil(batches / s.accumulate_grad_batches) if batches != math.inf else math.inf
+    total = per_epoch * max(s.max_epochs, 1) if s.max_epochs != -1 else math.inf
+    if s.max_steps != -1:
+        total = min(total, s.max_steps)
+    return int(total) if total != math.inf else math.inf

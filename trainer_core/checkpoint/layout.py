@@ -1,9 +1,13 @@
-"""The checkpoint dict the trainer writes (layout: docs/architecture.md) and how resume reads it."""
+"""What goes into a checkpoint and how it is restored (the layout: docs/architecture.md).
+
+`dump` assembles the trainer's state (tensors referenced, not copied: `io.save` snapshots them); `restore`
+puts a state that `resume.pick` read back into the trainer: the saved config is compared before any tensor
+is loaded, so a checkpoint of another run is the named refusal, never a `state_dict` traceback.
+"""
 
 from __future__ import annotations
 
 import logging
-import math
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -11,10 +15,11 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch.utils.data import DistributedSampler, RandomSampler, SequentialSampler
 
-from trainer_core import checkpoint as checkpoint_io
 from trainer_core import optim, seed
+from trainer_core.checkpoint.resume import LAST_NAME, has_checkpoints, pick
 from trainer_core.errors import CheckpointError, MisconfigurationError
 from trainer_core.loops.data import EpochShuffleSampler, _unseeded_shuffle
+from trainer_core.plain_types import to_plain
 
 if TYPE_CHECKING:
     from trainer_core.trainer import Trainer
@@ -22,7 +27,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
-LAST_NAME = "last.ckpt"
 
 
 def dump(trainer: Trainer, weights_only: bool = False) -> dict[str, Any]:
@@ -41,12 +45,12 @@ def dump(trainer: Trainer, weights_only: bool = False) -> dict[str, Any]:
     run_config = trainer.preemption.run_config
     if run_config is not None:
         state["run_config"] = run_config.checkpoint_entry()
-    state["hyper_parameters"] = checkpoint_io.to_plain(dict(model.hparams))
+    state["hyper_parameters"] = to_plain(dict(model.hparams))
     state["hparams_name"] = "hparams"
     datamodule = trainer.datamodule
     if datamodule is not None:
         if datamodule.hparams:
-            state["datamodule_hyper_parameters"] = checkpoint_io.to_plain(dict(datamodule.hparams))
+            state["datamodule_hyper_parameters"] = to_plain(dict(datamodule.hparams))
         state[type(datamodule).__qualname__] = datamodule.state_dict()
         datamodule.on_save_checkpoint(state)
     if trainer._dispatch is not None:
@@ -140,7 +144,7 @@ def save_last(trainer: Trainer) -> Path:
 
 
 def resolve_path(trainer: Trainer, ckpt_path: Any) -> str:
-    """`ckpt_path` as a file: a path, "last" (the newest `last.ckpt`) or "best"."""
+    """`ckpt_path` as a file: a path, "last" (the `last.ckpt` of the run's checkpoint directory) or "best"."""
     if ckpt_path == "best":
         callback = trainer.checkpoint_callback
         best = getattr(callback, "best_model_path", "") if callback is not None else ""
@@ -151,70 +155,44 @@ def resolve_path(trainer: Trainer, ckpt_path: Any) -> str:
             )
         return str(best)
     if ckpt_path == "last":
-        return verified(_last_checkpoint(trainer))
-    path = Path(os.fspath(ckpt_path))
-    if not path.is_file():
-        raise CheckpointError(
-            f"ckpt_path={os.fspath(ckpt_path)!r} does not exist (or is not a file); pass the path of a .ckpt "
-            'file, "last" or "best"'
-        )
-    return verified(str(path))
-
-
-def verified(path: str) -> str:
-    """`path` when it verifies; for a `last.ckpt` that does not, the newest verified checkpoint beside it.
-
-    Resume never loads an unverified file: a `last.ckpt` torn by a crash falls back to the previous good
-    checkpoint (newest by the training step its manifest records, never by modification time), and says so.
-    """
-    if checkpoint_io.verify(path):
-        return path
-    fix = "Pass ckpt_path= an intact checkpoint, or start without ckpt_path (training starts from scratch)."
-    if Path(path).name != LAST_NAME:
-        raise CheckpointError(
-            f"Checkpoint {path!r} fails verification (truncated, or changed after it was written). {fix}"
-        )
-    fallback = checkpoint_io.newest_verified(Path(path).parent, exclude=(Path(path).name,))
-    if fallback is None:
-        raise CheckpointError(
-            f"Checkpoint {path!r} fails verification (truncated, or changed after it was written) and no "
-            f"other checkpoint in {str(Path(path).parent)!r} verifies. {fix}"
-        )
-    log.warning(
-        "Checkpoint %s fails verification (truncated, or changed after it was written); resuming from the "
-        "newest intact checkpoint beside it, %s",
-        path,
-        fallback,
-    )
-    return str(fallback)
+        return _last_checkpoint(trainer)
+    return os.fspath(ckpt_path)
 
 
 def _last_checkpoint(trainer: Trainer) -> str:
+    """The `last.ckpt` of the first checkpoint directory that holds any checkpoint (resume falls back from
+    a missing or damaged `last.ckpt` to the newest intact file beside it)."""
     candidates = []
     for callback in trainer.checkpoint_callbacks:
         for attribute in ("last_model_path", "dirpath"):
             value = getattr(callback, attribute, None)
             if value:
-                candidates.append(
-                    Path(value) if attribute == "last_model_path" else Path(value) / "last.ckpt"
-                )
-    candidates.append(Path(trainer.default_root_dir) / "checkpoints" / "last.ckpt")
-    candidates.append(Path(trainer.log_dir) / "checkpoints" / "last.ckpt")
+                candidates.append(Path(value) if attribute == "last_model_path" else Path(value) / LAST_NAME)
+    candidates.append(Path(trainer.default_root_dir) / "checkpoints" / LAST_NAME)
+    candidates.append(Path(trainer.log_dir) / "checkpoints" / LAST_NAME)
     for candidate in candidates:
-        if candidate.is_file():
-            return str(candidate)
+        if candidate.is_file() or has_checkpoints(candidate.parent):
+            return str(candidate.with_name(LAST_NAME))
     raise CheckpointError(
-        f'ckpt_path="last" but no last.ckpt exists (looked at {[str(c) for c in candidates]}); save one with '
-        "ModelCheckpoint(save_last=True), or pass a path"
+        f'ckpt_path="last" but no checkpoint exists (looked at {[str(c) for c in candidates]}); save one '
+        "with ModelCheckpoint(save_last=True), or pass a path"
     )
 
 
-def restore(trainer: Trainer, path: str, full: bool) -> None:
-    """Load `path`: the weights always; with `full` (fit), the whole training state."""
-    state = checkpoint_io.load(path, map_location="cpu")
+def restore(trainer: Trainer, ckpt_path: Any, full: bool) -> str:
+    """Resume from `ckpt_path` (the weights; with `full`, for fit, the whole training state); the file used.
+
+    The file is picked by `resume.pick` (the newest intact one when `last.ckpt` is asked for), and its saved
+    run config is compared before any tensor is loaded.
+    """
+    requested = resolve_path(trainer, ckpt_path)
+    collectives = trainer.collectives if trainer.world_size > 1 else None
+    path, state = pick(requested, full, collectives, trainer.is_global_zero)
+    if full and trainer.preemption.run_config is not None:
+        trainer.preemption.run_config.check(state.get("run_config"), path)
     model = trainer.lightning_module
     model.on_load_checkpoint(state)
-    model.load_state_dict(state["state_dict"])
+    _load_weights(model, state, path)
     datamodule = trainer.datamodule
     if datamodule is not None:
         datamodule.on_load_checkpoint(state)
@@ -223,16 +201,24 @@ def restore(trainer: Trainer, path: str, full: bool) -> None:
     if full:
         _restore_training_state(trainer, state, path)
     log.info("restored %s from %s", "the training state" if full else "the weights", path)
+    return path
+
+
+def _load_weights(model: torch.nn.Module, state: dict[str, Any], path: str) -> None:
+    """`load_state_dict`, with a model of another shape named as such instead of torch's traceback."""
+    if "state_dict" not in state:
+        raise CheckpointError(f"Checkpoint {path!r} holds no state_dict: it is not a trainer checkpoint")
+    try:
+        model.load_state_dict(state["state_dict"])
+    except RuntimeError as error:
+        details = [line.strip() for line in str(error).splitlines()[1:] if line.strip()]
+        raise CheckpointError(
+            f"Checkpoint {path!r} holds the weights of another model ({'; '.join(details)[:400]}). Resume "
+            "with the model it was written by, or start a new run"
+        ) from None
 
 
 def _restore_training_state(trainer: Trainer, state: dict[str, Any], path: str) -> None:
-    if "optimizer_states" not in state:
-        raise CheckpointError(
-            f"{path} holds weights only (saved with weights_only=True); resume needs a full one, or load "
-            "the weights with Module.load_from_checkpoint and start a new fit"
-        )
-    if trainer.preemption.run_config is not None:
-        trainer.preemption.run_config.check(state.get("run_config"), path)
     if trainer._dispatch is not None:
         trainer._dispatch.all_callbacks("on_load_checkpoint", state)
     saved_callbacks = state.get("callbacks", {})
@@ -259,22 +245,6 @@ def _restore_optimizers(trainer: Trainer, states: list[dict[str, Any]], path: st
         )
     for optimizer, optimizer_state in zip(trainer.optimizers, states):
         optimizer.load_state_dict(optimizer_state)
-
-
-def estimated_stepping_batches(trainer: Trainer) -> int | float:
-    """Optimizer steps `fit` will take: per-epoch steps times epochs, bounded by max_steps."""
-    s = trainer.settings
-    batches = trainer.num_training_batches
-    if trainer.train_dataloader is None:
-        raise MisconfigurationError(
-            "estimated_stepping_batches is known once fit has its training dataloader; read it from "
-            "configure_optimizers or later"
-        )
-    per_epoch = math.ceil(batches / s.accumulate_grad_batches) if batches != math.inf else math.inf
-    total = per_epoch * max(s.max_epochs, 1) if s.max_epochs != -1 else math.inf
-    if s.max_steps != -1:
-        total = min(total, s.max_steps)
-    return int(total) if total != math.inf else math.inf
 
 
 def _carry_position(trainer: Trainer, sampler: dict[str, Any], path: str) -> None:
