@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from launcher import warm
-from launcher.errors import CONFIG_ERROR_EXIT_CODE, LaunchError, exit_code_for
+from launcher.errors import CONFIG_ERROR_EXIT_CODE, LaunchError, NotFileOnly, exit_code_for
 
 if TYPE_CHECKING:
     from omegaconf import DictConfig
@@ -160,6 +160,11 @@ def _report(submitted: list[Any]) -> None:
 def main() -> None:
     """Console entry point of `launch`."""
     logging.basicConfig(level=logging.INFO, format="[launch] %(message)s")
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(NotFileOnly())
+    # A user's HYDRA_FULL_ERROR=1 asks for tracebacks, as LAUNCH_DEBUG=1 does (ranks read LAUNCH_DEBUG).
+    if os.environ.get("HYDRA_FULL_ERROR") == "1":
+        os.environ.setdefault("LAUNCH_DEBUG", "1")
     # Hydra's own error printer exits with code 1; full errors let this function report them with code 2.
     os.environ.setdefault("HYDRA_FULL_ERROR", "1")
     # `_target_` classes of a project in the current directory import as they would under `python -m`

@@ -65,6 +65,9 @@ def prepare_run(
         raise
     run_id = run_dir.relative_to(root / job.run.experiment).as_posix()
     resolved["run"]["id"] = job.run.id = run_id
+    if resumed and job.run.resume == "never":
+        rundir.set_aside_checkpoints(run_dir)
+    resolved["run"]["resume"] = job.run.resume = "auto"  # a one-time choice: the next launch resumes
     _write_run_files(run_dir, resolved, resumed)
     return PreparedRun(run_dir=run_dir, job=job, resumed=resumed)
 
@@ -143,6 +146,8 @@ def _write_run_files(run_dir: Path, resolved: dict[str, Any], resumed: bool) -> 
             status="running",
             config_hash=rundir.config_hash(resolved),
             launch_count=int(previous.get("launch_count", 1)) + 1,
+            error=None,
+            exit_code=None,
         )
     else:
         rundir.write_manifest(run_dir, rundir.new_manifest(resolved, resolved["run"]["id"]))

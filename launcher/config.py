@@ -101,6 +101,10 @@ class RunConfig:
     # Resume even when the checkpoint was trained under other model, data, seed or optimisation settings
     # (by default such a resume is refused, naming the keys that differ).
     allow_config_change: bool = False
+    # "auto": an existing run resumes from its newest intact checkpoint. "never": this launch moves the run's
+    # checkpoints and metric logs to set-aside-<time>/ (nothing is deleted) and trains from step 0 in the
+    # same directory; it is not stored, so the next launch resumes again.
+    resume: str = "auto"
 
 
 @dataclass

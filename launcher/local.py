@@ -11,7 +11,7 @@ from pathlib import Path
 
 from launcher import rundir
 from launcher.config import JobConfig
-from launcher.errors import LaunchError
+from launcher.errors import LaunchError, RunError
 from launcher.signals import Forwarder, SignalRecorder, rank_pids, signal_name
 
 log = logging.getLogger(__name__)
@@ -127,12 +127,21 @@ def _run_elastic(run_dir: Path, nproc: int, received: int | None = None) -> int 
                 f"stopped by {signal_name(forwarder.received)} before every rank could save; the previous "
                 "last.ckpt is intact."
             )
-        raise RankFailure(errors[0].format_msg()) from None
+        raise _told_failure(run_dir) or RankFailure(errors[0].format_msg()) from None
     if errors:
         raise errors[0]
     if forwarder.received is None or rundir.read_manifest(run_dir).get("status") != "preempted":
         return None
     return forwarder.received
+
+
+def _told_failure(run_dir: Path) -> RunError | None:
+    """The one-line failure a rank recorded in run.json (a checkpoint it could not write or resume)."""
+    manifest = rundir.read_manifest(run_dir)
+    code, error = manifest.get("exit_code"), manifest.get("error")
+    if manifest.get("status") == "failed" and isinstance(code, int) and isinstance(error, str):
+        return RunError(error, code)
+    return None
 
 
 def _agent_main(run_dir: Path, nproc: int, errors: list[BaseException]) -> None:

@@ -6,6 +6,7 @@ or called in-process by `launch` for a one-rank job. Never runs Hydra: the confi
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
@@ -17,6 +18,7 @@ import yaml
 
 from launcher import rundir
 from launcher.config import JobConfig
+from launcher.errors import FILE_ONLY, NotFileOnly, RunError
 from launcher.signals import SignalRecorder, ignore_from_now, signal_name
 from launcher.startup import collector_paused
 from launcher.targets import instantiate
@@ -38,6 +40,7 @@ def setup_logging(run_dir: Path, rank: int, console: bool) -> None:
     handlers: list[logging.Handler] = [logging.FileHandler(log_file)]
     if console:
         handlers.append(logging.StreamHandler(sys.stderr))
+        handlers[-1].addFilter(NotFileOnly())
     root = logging.getLogger()
     for handler in handlers:
         handler.setFormatter(formatter)
@@ -135,7 +138,10 @@ def run(run_dir: Path, in_launcher: bool = False, recorder: SignalRecorder | Non
     if ckpt_path:
         log.info("resuming from %s", ckpt_path)
     log.info("run directory: %s (world size %d)", run_dir, trainer.world_size)
-    trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+    try:
+        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+    except tc.CheckpointError as error:
+        raise _checkpoint_failure(run_dir, error) from error
     status = trainer.state.status
     stop_signal = trainer.received_signal if status == "preempted" else None
     if status == "preempted" and trainer.is_global_zero:
@@ -146,6 +152,18 @@ def run(run_dir: Path, in_launcher: bool = False, recorder: SignalRecorder | Non
             last_committed_step=int(trainer.global_step),
         )
     return Outcome(status, stop_signal, int(trainer.global_step), job)
+
+
+def _checkpoint_failure(run_dir: Path, error: Exception) -> RunError:
+    """A checkpoint that cannot be written or resumed, as the one line `launch` prints (run.json has it)."""
+    from launcher.manifest_callback import told_failure
+
+    told = told_failure(error, run_dir)
+    assert told is not None  # a CheckpointError
+    message, code = told
+    debug = os.environ.get("LAUNCH_DEBUG") == "1"
+    log.error("%s", message, exc_info=error if debug else None, extra=FILE_ONLY)
+    return RunError(message, code)
 
 
 def import_for_training() -> None:
@@ -173,7 +191,13 @@ def main() -> None:
         sys.exit("usage: python -m launcher.rank_main RUN_DIR")
     # record() writes this rank's exception and traceback to the error file the elastic agent reads,
     # so `launch` can show which rank failed and why.
-    record(run)(Path(sys.argv[1]).resolve(), recorder=_recorder)
+    try:
+        record(run)(Path(sys.argv[1]).resolve(), recorder=_recorder)
+    except RunError as error:  # told in one line (run.json and the rank's log): no traceback on the console
+        ignore_from_now()
+        with contextlib.suppress(Exception):
+            flush_finished_work()
+        os._exit(error.code)
     ignore_from_now()  # a signal that comes while the finished rank exits must not fail it
     _exit_finished_rank()
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import secrets
 import socket
@@ -20,6 +21,8 @@ from launcher.errors import ConfigError
 CONFIG_FILE = "config.yaml"
 MANIFEST_FILE = "run.json"
 LAST_CKPT = Path("checkpoints") / "last.ckpt"
+
+log = logging.getLogger(__name__)
 
 
 def new_run_id() -> str:
@@ -132,6 +135,19 @@ def write_manifest(run_dir: Path, manifest: dict[str, Any]) -> None:
     """Write the manifest atomically (temp file, fsync, rename): a reader never sees half a file."""
     manifest = {**manifest, "updated": datetime.now().isoformat(timespec="seconds")}
     write_atomic(run_dir / MANIFEST_FILE, json.dumps(manifest, indent=2) + "\n")
+
+
+def set_aside_checkpoints(run_dir: Path) -> Path | None:
+    """Move the run's checkpoints and metric logs to `set-aside-<time>/` (a fresh start keeps every file)."""
+    moved = [run_dir / name for name in ("checkpoints", "tb", "csv") if (run_dir / name).exists()]
+    if not moved:
+        return None
+    aside = run_dir / f"set-aside-{datetime.now().strftime('%Y-%m-%d_%H-%M-%S')}"
+    aside.mkdir()
+    for path in moved:
+        path.rename(aside / path.name)
+    log.warning("run.resume=never: checkpoints and logs set aside in %s; training starts at step 0", aside)
+    return aside
 
 
 def update_manifest(run_dir: Path, **changes: Any) -> dict[str, Any]:

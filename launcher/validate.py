@@ -21,6 +21,7 @@ ACCELERATORS = ("auto", "cpu", "gpu", "cuda")
 PRECISIONS = ("32-true", "32", "16-mixed", "bf16-mixed")
 STRATEGIES = ("auto", "ddp", "single_device")
 LOGGER_KINDS = ("tensorboard", "csv", "none")
+RESUME_MODES = ("auto", "never")
 LIMIT_KEYS = (
     "limit_train_batches",
     "limit_val_batches",
@@ -105,6 +106,7 @@ def check_job(job: JobConfig) -> None:
     """The checks that span several fields; none of them imports torch."""
     check_trainer(job.trainer, has_cluster=job.cluster is not None)
     _one_of("logger.kind", job.logger.kind, LOGGER_KINDS)
+    _one_of("run.resume", job.run.resume, RESUME_MODES)
     _one_of("callbacks.checkpoint.mode", job.callbacks.checkpoint.mode, ("min", "max"))
     _one_of("callbacks.early_stopping.mode", job.callbacks.early_stopping.mode, ("min", "max"))
     for group in ("model", "data"):

@@ -37,7 +37,7 @@ from trainer_core.ddp import (
     wrap_model,
 )
 from trainer_core.environment import RankEnvironment, check_master_port
-from trainer_core.errors import DistributedError, MisconfigurationError
+from trainer_core.errors import CheckpointError, DistributedError, MisconfigurationError
 from trainer_core.samplers import (
     DistributedSamplerWrapper,
     ExactlyOnceSampler,
@@ -464,6 +464,8 @@ def _report_failure(collectives: TorchCollectives, error: BaseException) -> None
     except Exception:  # the store is unreachable; this rank's own report is all there is
         log.debug("Could not record the failure in the rendezvous store", exc_info=True)
     trace = "".join(traceback.format_exception(type(error), error, error.__traceback__))
+    if isinstance(error, CheckpointError):  # says what is wrong and the fix: a traceback adds nothing
+        trace = f"{type(error).__name__}: {error}"
     if first != summary:
         log.error("Rank %d stops because another rank failed first: %s", rank, first)
     log.error("Rank %d failed; stopping every rank of the job.\n%s", rank, trace)

@@ -55,7 +55,7 @@ log = logging.getLogger(__name__)
 MANIFEST_SUFFIX = ".json"
 TEMPORARY_MARK = ".tmp-"  # `.<name>.tmp-<pid>-<id>`: resume ignores such files
 FORMAT = "torch-zip"
-_ARCHIVE_OVERHEAD = 1 << 20  # zip headers, the pickle and record alignment, on top of the tensor bytes
+_ARCHIVE_OVERHEAD = 64 << 10  # zip headers, the pickle and record alignment, beyond the tensor bytes
 _NO_LINKS = (errno.EPERM, errno.EXDEV, errno.EMLINK, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS)
 
 
