@@ -1,4 +1,4 @@
-"""The benchmark runner: `python -m bench [NAME ...] [--quick] [--out DIR]`.
+"""The benchmark runner: `python -m bench [NAME ...] [--quick] [--runs N] [--out DIR]`.
 
 A benchmark is a module in `bench/` that defines, at top level, `NAME = "..."`, `TITLE = "..."` and
 `def run(quick: bool = False) -> bench.common.Report`. Adding the file registers it: the runner finds such
@@ -13,12 +13,13 @@ import argparse
 import importlib
 import json
 import re
+import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from bench.common import RESULTS_DIR, Report
+from bench.common import RESULTS_DIR, Report, combine_runs
 from bench.report import write_summary
 
 _NAME = re.compile(r"^NAME\s*=\s*[\"']([\w-]+)[\"']", re.MULTILINE)
@@ -51,6 +52,12 @@ def _parse(argv: list[str], benchmarks: dict[str, str]) -> argparse.Namespace:
         "so that its meaningless numbers never replace the committed results)",
     )
     parser.add_argument(
+        "--runs",
+        type=int,
+        default=1,
+        help="separate runs of each benchmark, each in a new process; the report shows medians of the runs",
+    )
+    parser.add_argument(
         "--summary-only",
         action="store_true",
         help="measure nothing: rebuild summary.md and summary.png from the <name>.json files in the output "
@@ -71,7 +78,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     for name in [] if args.summary_only else args.names or list(benchmarks):
         started = time.perf_counter()
-        report: Report = importlib.import_module(benchmarks[name]).run(quick=args.quick)
+        if args.runs > 1:
+            report = combine_runs([_separate_run(name, args.quick) for _ in range(args.runs)])
+        else:
+            report = importlib.import_module(benchmarks[name]).run(quick=args.quick)
         markdown, data = report.write(args.out)
         print(report.markdown())
         print(f"[{name}: {time.perf_counter() - started:.0f} s; wrote {markdown} and {data}]")
@@ -82,6 +92,14 @@ def main(argv: list[str] | None = None) -> int:
     print(summary.read_text())
     print(f"[suite: wrote {summary}" + (f" and {chart}]" if chart else "; no chart without matplotlib]"))
     return 0
+
+
+def _separate_run(name: str, quick: bool) -> Report:
+    """One run of benchmark `name` in a new process, read back from the report it wrote."""
+    with tempfile.TemporaryDirectory(prefix=f"bench-{name}-") as out:
+        command = [sys.executable, "-m", "bench", name, "--out", out, *(["--quick"] if quick else [])]
+        subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+        return Report.from_json(json.loads((Path(out) / f"{name}.json").read_text()))
 
 
 if __name__ == "__main__":

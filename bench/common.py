@@ -169,6 +169,27 @@ class Report:
         return markdown, data
 
 
+def combine_runs(reports: Sequence[Report]) -> Report:
+    """One report from separate runs of one benchmark: each row's samples are the runs' medians, so its
+    median is the median of the runs and its min and max their spread; targets apply to that median."""
+    first = reports[0]
+    tables = []
+    for index, table in enumerate(first.tables):
+        samples: dict[str, list[float]] = {row.variant: [] for row in table.rows}
+        for report in reports:
+            for row in report.tables[index].rows:
+                samples.setdefault(row.variant, []).append(row.median)
+        targets = {row.variant: row.target for row in table.rows if row.target is not None}
+        note = f"{table.unit_note} Median of {len(reports)} separate runs (min, max: the runs' spread)."
+        tables.append(Table.from_samples(table.title, note, samples, table.baseline, targets))
+    notes = [
+        f"{len(reports)} separate runs, each in a new process; every row shows the median of the runs' "
+        "medians, with the lowest and highest run median as min and max.",
+        *first.notes,
+    ]
+    return Report(first.name, first.title, tables, notes, {**first.settings, "runs": str(len(reports))})
+
+
 def machine_header() -> dict[str, str]:
     """Where and with what the numbers were taken."""
     return {

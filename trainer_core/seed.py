@@ -120,7 +120,23 @@ def _derive_seeds(base_seed: int, worker_id: int, rank: int, count: int) -> list
 
 def capture_rng_state() -> dict[str, Any]:
     """Every generator's state as lists, ints, strings and tensors, so `weights_only=True` can read it."""
-    version, internal, gauss_next = random.getstate()
+    return plain_rng_state(raw_rng_state())
+
+
+RawRngState = tuple[Any, torch.Tensor, list[torch.Tensor] | None, Any]
+
+
+def raw_rng_state() -> RawRngState:
+    """Every generator's state as the generators return it (fresh copies, a few microseconds): what a save
+    point takes; `plain_rng_state` turns it into checkpoint types later, on the checkpoint writer's thread."""
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+    numpy_state = np.random.get_state(legacy=True) if np is not None else None  # type: ignore[misc]
+    return random.getstate(), torch.get_rng_state(), cuda, numpy_state
+
+
+def plain_rng_state(raw: RawRngState) -> dict[str, Any]:
+    """`raw_rng_state()` as lists, ints, strings and tensors, so `weights_only=True` can read it."""
+    (version, internal, gauss_next), torch_state, cuda, numpy_state = raw
     state: dict[str, Any] = {
         # The 625-word generator states go in as int64 tensors: weights_only loading unpickles a list of
         # ints one object at a time, which is slower than the whole rest of a small checkpoint.
@@ -129,12 +145,12 @@ def capture_rng_state() -> dict[str, Any]:
             "state": _int64_tensor(internal),
             "gauss_next": gauss_next,
         },
-        "torch": torch.get_rng_state(),
+        "torch": torch_state,
     }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    if np is not None:
-        kind, keys, pos, has_gauss, cached_gaussian = np.random.get_state(legacy=True)  # type: ignore[misc]
+    if cuda is not None:
+        state["cuda"] = cuda
+    if numpy_state is not None:
+        kind, keys, pos, has_gauss, cached_gaussian = numpy_state
         state["numpy"] = {
             "kind": str(kind),
             "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),

@@ -128,6 +128,20 @@ def test_snapshot_buffers_are_reused_and_hold_one_copy_of_the_state() -> None:
     assert pool.nbytes == first.tensor_bytes
 
 
+def test_buffers_reserved_ahead_serve_the_first_snapshot() -> None:
+    model = torch.nn.Linear(256, 256)
+    optimizer = torch.optim.Adam(model.parameters())
+    model(torch.randn(2, 256)).sum().backward()
+    optimizer.step()
+    state = {"state_dict": model.state_dict(), "optimizer": optimizer.state_dict()}
+    tensors = [*model.state_dict().values(), *(v for s in optimizer.state.values() for v in s.values())]
+    pool = BufferPool()
+    pool.reserve(tensors)  # on a helper thread
+    reserved = pool.nbytes
+    snapshot = pool.take(state)
+    assert reserved == snapshot.tensor_bytes == pool.nbytes  # no buffer allocated twice, none left over
+
+
 def test_a_snapshot_keeps_tied_weights_shared_and_copies_containers() -> None:
     shared = torch.randn(4, 4)
     step = [3]
@@ -182,13 +196,23 @@ def test_a_write_that_fails_in_the_background_stops_training_at_the_next_step(
         real(state, file)
 
     monkeypatch.setattr(checkpoint_io.io, "_serialize", full_disk_on_the_second_save)
+
+    class SlowStep(tc.callbacks.Callback):
+        """Step 5 lasts until the writer has recorded the failure of step 4's save."""
+
+        def on_train_batch_end(self, trainer: Any, *args: Any) -> None:
+            deadline = time.monotonic() + 30
+            while trainer.global_step == 5 and not checkpoint_io.io.failed() and time.monotonic() < deadline:
+                time.sleep(0.001)
+
     checkpoint = tc.callbacks.ModelCheckpoint(
         dirpath=tmp_path / "ckpts", every_n_train_steps=2, save_last=True
     )
-    trainer = quiet_trainer(tmp_path, max_epochs=3, enable_checkpointing=True, callbacks=[checkpoint])
+    callbacks = [SlowStep(), checkpoint]
+    trainer = quiet_trainer(tmp_path, max_epochs=3, enable_checkpointing=True, callbacks=callbacks)
     with pytest.raises(CheckpointWriteError, match=r"step=4\.ckpt.*No space left on device") as caught:
         trainer.fit(Classifier(), loader(n=128))
-    assert 4 <= trainer.global_step <= 6  # not the 24 steps of the whole run
+    assert trainer.global_step == 5  # the first step boundary after the failure, not the end of the run
     assert "the checkpoint needs about" in str(caught.value)
     last = tmp_path / "ckpts" / "last.ckpt"
     assert integrity.check(last) is None and torch.load(last, weights_only=True)["global_step"] == 2

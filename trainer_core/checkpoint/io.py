@@ -41,13 +41,13 @@ import shutil
 import threading
 import time
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any, cast
 
 import torch
 
-from trainer_core.checkpoint.snapshot import BufferPool, Snapshot, in_place
+from trainer_core.checkpoint.snapshot import BufferPool, Snapshot, in_place, resolved
 from trainer_core.errors import CheckpointError, CheckpointWriteError
 
 log = logging.getLogger(__name__)
@@ -56,6 +56,7 @@ MANIFEST_SUFFIX = ".json"
 TEMPORARY_MARK = ".tmp-"  # `.<name>.tmp-<pid>-<id>`: resume ignores such files
 FORMAT = "torch-zip"
 _ARCHIVE_OVERHEAD = 64 << 10  # zip headers, the pickle and record alignment, beyond the tensor bytes
+_IN_PLACE_DIGEST = 64 << 10  # writes this large are storages, hashed in place on the digest thread
 _NO_LINKS = (errno.EPERM, errno.EXDEV, errno.EMLINK, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS)
 
 
@@ -74,7 +75,9 @@ def save(state: Mapping[str, Any], paths: Sequence[str | os.PathLike[str]], *, s
     writer = _writer
     pool = writer.reserve_pool()
     try:
+        started = time.perf_counter()
         snap = pool.take(state)
+        writer.stats.snapshot_s += time.perf_counter() - started
         _check_free_space(targets[0], snap.tensor_bytes + _ARCHIVE_OVERHEAD)
     except BaseException:
         writer.release_pool(pool)
@@ -107,10 +110,41 @@ def wait_for_pending() -> None:
     _writer.wait()
 
 
+def failed() -> bool:
+    """Whether a commit failure is recorded and not raised yet (the next step boundary raises it)."""
+    return bool(_writer.errors)
+
+
 def raise_failure() -> None:
     """Raise a commit failure the writer recorded since the last call; cheap when there is none."""
     if _writer.errors:
         _writer.wait(target=None, below=None)
+
+
+@dataclasses.dataclass
+class WriterStats:
+    """Where the time of this process's background saves went (seconds, summed over saves)."""
+
+    saves: int = 0  # committed
+    snapshot_s: float = 0.0  # the training thread: copying the state into the snapshot buffers
+    waits: int = 0  # save points that waited for the previous snapshot to be serialised
+    waited_s: float = 0.0  # the training thread, in those waits
+    serialise_s: float = 0.0  # the writer thread: torch.save into the temporary file, with the digest
+    commit_s: float = 0.0  # the writer thread: all of it (serialise, fsync, links, rename, manifests)
+
+
+def statistics() -> WriterStats:
+    """The counters of this process's checkpoint writer (background saves only)."""
+    return _writer.stats
+
+
+def prepare(tensors: Iterable[torch.Tensor]) -> None:
+    """Allocate the next snapshot's buffers for tensors like these now, on a helper thread.
+
+    Pinned host memory for a few GB of CUDA state takes about a second to allocate: called once training has
+    its optimizer state, the first save point does not pay for it. Does nothing when buffers are ready.
+    """
+    _writer.prepare(list(tensors))
 
 
 def set_snapshots_in_flight(count: int) -> None:
@@ -162,7 +196,7 @@ class _Save:
 
     targets: list[Path]
     snapshot: Snapshot
-    pool: BufferPool | None  # returned to the writer once serialised
+    pool: BufferPool | None  # holds the snapshot, freed once serialised (None: the caller waits)
     position: dict[str, int]
 
     @property
@@ -192,26 +226,58 @@ def _position(state: Mapping[str, Any]) -> dict[str, int]:
 
 # -- the commit ----------------------------------------------------------------------------------------------
 class _HashingFile:
-    """The file `torch.save` writes to: every byte also goes into the digest and the count."""
+    """The file `torch.save` writes to: every byte also goes into the SHA-256 digest and the count.
 
-    def __init__(self, file: IO[bytes]) -> None:
+    With `stable_storages` (a snapshot in buffers of ours, which stay put until the digest is done), the
+    digest runs on a helper thread beside the writes: a large write is the storage's own memory, hashed in
+    place; small writes (zip headers, the pickle) come from buffers torch reuses and are copied. Otherwise
+    (a save of live tensors, which torch may copy to a temporary per storage) it is computed in line.
+    """
+
+    def __init__(self, file: IO[bytes], stable_storages: bool) -> None:
         self.file = file
         self.size = 0
-        self.digest = hashlib.sha256()
+        self._digest = hashlib.sha256()
+        self._chunks: queue.SimpleQueue[memoryview | bytes | None] | None = None
+        self._thread: threading.Thread | None = None
+        if stable_storages:
+            self._chunks = queue.SimpleQueue()
+            self._thread = threading.Thread(target=self._hash, name="checkpoint-digest", daemon=True)
+            self._thread.start()
 
     def write(self, data: Any) -> int:
         view = data if type(data) is memoryview else memoryview(data)
-        self.digest.update(view)  # hashlib lets go of the GIL for large buffers
-        self.size += view.nbytes
+        size = view.nbytes
+        if self._chunks is None:
+            self._digest.update(view)  # hashlib lets go of the GIL for large buffers
+        else:
+            self._chunks.put(view if size >= _IN_PLACE_DIGEST else bytes(view))
+        self.size += size
         return self.file.write(view)
 
     def flush(self) -> None:
         self.file.flush()
 
+    def hexdigest(self) -> str:
+        """The digest of every byte written (waits for the helper thread)."""
+        self.close()
+        return self._digest.hexdigest()
+
+    def close(self) -> None:
+        if self._chunks is not None and self._thread is not None:
+            self._chunks.put(None)
+            self._thread.join()
+            self._chunks = None
+
+    def _hash(self) -> None:
+        assert self._chunks is not None
+        while (chunk := self._chunks.get()) is not None:
+            self._digest.update(chunk)
+
 
 def _serialize(state: Mapping[str, Any], file: _HashingFile) -> None:
     """The one place that turns the state into bytes (tests replace it to simulate a failing write)."""
-    torch.save(dict(state), cast("IO[bytes]", file))
+    torch.save(resolved(dict(state)), cast("IO[bytes]", file))
 
 
 def _commit(job: _Save, release: Any) -> None:
@@ -220,9 +286,9 @@ def _commit(job: _Save, release: Any) -> None:
     made: list[Path] = [temporary]
     try:
         job.snapshot.ready()
-        written = _write_temporary(job.snapshot.state, temporary, release)
-        _check_size(job.target, temporary, written.size)
-        record = {"size": written.size, "sha256": written.digest.hexdigest(), **job.position}
+        written, digest = _write_temporary(job, temporary, release)
+        _check_size(job.target, temporary, written)
+        record = {"size": written, "sha256": digest, **job.position}
         for extra in job.targets[1:]:
             made.append(_second_name(temporary, extra))
             _replace(made[-1], extra)
@@ -238,20 +304,27 @@ def _commit(job: _Save, release: Any) -> None:
         remove_stale_temporaries(target)
 
 
-def _write_temporary(state: Mapping[str, Any], temporary: Path, release: Any) -> _HashingFile:
-    """Serialise into `temporary` (then the snapshot's buffers are free for the next save point), fsync."""
+def _write_temporary(job: _Save, temporary: Path, release: Any) -> tuple[int, str]:
+    """Serialise into `temporary` (then the snapshot's buffers are free for the next save point) and fsync;
+    the bytes written and their SHA-256."""
     try:
         file = open(temporary, "xb")  # noqa: SIM115 (closed below)
     except FileNotFoundError:  # the first save to a directory
         temporary.parent.mkdir(parents=True, exist_ok=True)
         file = open(temporary, "xb")  # noqa: SIM115
     with file:
-        hashing = _HashingFile(file)
-        _serialize(state, hashing)
+        hashing = _HashingFile(file, stable_storages=job.pool is not None)
+        try:
+            started = time.perf_counter()
+            _serialize(job.snapshot.state, hashing)
+            digest = hashing.hexdigest()
+            _writer.stats.serialise_s += time.perf_counter() - started
+        finally:
+            hashing.close()
         release()
         file.flush()
         os.fsync(file.fileno())  # the bytes are on disk before a name points at them
-    return hashing
+    return hashing.size, digest
 
 
 def _check_size(target: Path, temporary: Path, written: int) -> None:
@@ -386,8 +459,17 @@ class Writer:
         self._pools_out = 0
         self.pool_limit = 1
         self._told_about_waiting = False
+        self.stats = WriterStats()
 
     # -- snapshot buffers --
+    def prepare(self, tensors: list[torch.Tensor]) -> None:
+        with self._changed:
+            if self._free_pools or self._pools_out:
+                return  # buffers exist already (kept from an earlier save)
+            pool = BufferPool()
+            pool.reserve(tensors)
+            self._free_pools.append(pool)
+
     def reserve_pool(self) -> BufferPool:
         """Buffers for the next snapshot; waits while `pool_limit` snapshots are still being serialised."""
         with self._changed:
@@ -396,6 +478,8 @@ class Writer:
                 started = time.perf_counter()
                 self._changed.wait_for(lambda: self._pools_out < self.pool_limit)
                 self._note_wait(time.perf_counter() - started)
+                self.stats.waits += 1
+                self.stats.waited_s += time.perf_counter() - started
                 self._raise_recorded()
             self._pools_out += 1
             return self._free_pools.pop() if self._free_pools else BufferPool()
@@ -480,20 +564,23 @@ class Writer:
                 self._changed.notify_all()
 
     def _save(self, job: _Save) -> CheckpointError | None:
-        pool, job.pool = job.pool, None
+        released = False
 
-        def release() -> None:
-            nonlocal pool
-            if pool is not None:
-                self.release_pool(pool)
-                pool = None
+        def release() -> None:  # once: after serialising, or when the commit fails before that
+            nonlocal released
+            if job.pool is not None and not released:
+                released = True
+                self.release_pool(job.pool)
 
+        started = time.perf_counter()
         try:
             _commit(job, release)
         except BaseException as error:  # recorded, and the jobs queued after it still run
             with self._changed:
                 self._failed_commits += 1
             return commit_error(job, error)
+        self.stats.saves += 1
+        self.stats.commit_s += time.perf_counter() - started
         return None
 
     def _remove(self, job: _Removal) -> CheckpointError | None:

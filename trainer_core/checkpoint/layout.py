@@ -1,6 +1,7 @@
 """What goes into a checkpoint and how it is restored (the layout: docs/architecture.md).
 
-`dump` assembles the trainer's state (tensors referenced, not copied: `io.save` snapshots them); `restore`
+`dump` assembles the trainer's state (tensors referenced, not copied: `io.save` snapshots them; values that
+take long to convert are `Later`s, converted on the writer thread); `restore`
 puts a state that `resume.pick` read back into the trainer: the saved config is compared before any tensor
 is loaded, so a checkpoint of another run is the named refusal, never a `state_dict` traceback.
 """
@@ -17,6 +18,7 @@ from torch.utils.data import DistributedSampler, RandomSampler, SequentialSample
 
 from trainer_core import optim, seed
 from trainer_core.checkpoint.resume import LAST_NAME, has_checkpoints, pick
+from trainer_core.checkpoint.snapshot import Later
 from trainer_core.errors import CheckpointError, MisconfigurationError
 from trainer_core.loops.data import EpochShuffleSampler, _unseeded_shuffle
 from trainer_core.plain_types import to_plain
@@ -70,7 +72,8 @@ def _training_state(trainer: Trainer) -> dict[str, Any]:
         "lr_schedulers": optim.scheduler_states(trainer.lr_scheduler_configs),
         "callbacks": callbacks,
         "precision": trainer.precision_plugin.state_dict() if trainer.precision_plugin is not None else {},
-        "rng_states": rng if rng is not None else seed.capture_rng_state(),
+        # Converted to checkpoint types on the writer thread: the save point takes the generators. states.
+        "rng_states": rng if rng is not None else Later(seed.plain_rng_state, seed.raw_rng_state()),
         "sampler": _sampler_state(trainer),
         # The training epoch's running metric sums of every rank (a collective: every rank saves).
         "metrics": {

@@ -23,27 +23,25 @@ needed twice.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import enum
+import logging
+import threading
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
 
-_IMMUTABLE = (
-    str,
-    bytes,
-    int,
-    float,
-    complex,
-    bool,
-    type(None),
-    torch.dtype,
-    torch.device,
-    torch.Size,
-    enum.Enum,
+log = logging.getLogger(__name__)
+
+# Shared, not copied: values nothing can change; `_SHARED` holds exact types, checked first (the fast path).
+_SHARED = frozenset(
+    {str, bytes, int, float, complex, bool, type(None), torch.dtype, torch.device, torch.Size}
 )
+_IMMUTABLE = (*_SHARED, enum.Enum)
 
 
 @dataclasses.dataclass
@@ -55,27 +53,103 @@ class Snapshot:
     ready: Callable[[], None]  # blocks until every copy is complete (device-to-host copies are asynchronous)
 
 
+_Key = tuple[torch.Size, torch.dtype, bool]  # shape, dtype, pinned
+
+
 class BufferPool:
-    """Host buffers for snapshot tensors, matched by position in the state and kept between saves."""
+    """Host buffers for snapshot tensors, matched by shape and dtype and kept from one save to the next.
+
+    `reserve` allocates them ahead of the first save point (on a helper thread: pinning a few GB of host
+    memory takes about a second, which the training thread should not pay); `take` waits for a reservation
+    still in progress. Buffers the last snapshot did not use are let go.
+    """
 
     def __init__(self) -> None:
-        self._buffers: list[torch.Tensor] = []
+        self._spare: dict[_Key, list[torch.Tensor]] = {}
+        self._ready = threading.Event()
+        self._ready.set()
+
+    def reserve(self, tensors: list[torch.Tensor]) -> None:
+        """Make buffers for tensors like these, in a helper thread; the next `take` waits for them."""
+        specs = [_key(tensor) for tensor in tensors if _copyable(tensor)]
+        self._ready.clear()
+        threading.Thread(target=self._allocate, args=(specs,), name="checkpoint-buffers", daemon=True).start()
+
+    def _allocate(self, specs: list[_Key]) -> None:
+        try:
+            for shape, dtype, pinned in specs:
+                buffer = torch.empty(shape, dtype=dtype, pin_memory=pinned)
+                if not pinned:
+                    buffer.zero_()  # fault the pages in now, not in the first snapshot's copy
+                self._spare.setdefault((shape, dtype, pinned), []).append(buffer)
+        except Exception:  # out of pinned memory, say: the first snapshot allocates what it needs itself
+            log.debug("Could not reserve snapshot buffers ahead of time", exc_info=True)
+        finally:
+            self._ready.set()
 
     def take(self, state: Mapping[str, Any]) -> Snapshot:
         """Copy `state` into the pool's buffers (the previous snapshot must no longer be in use)."""
-        walk = _Walk(self._buffers)
+        self._ready.wait()
+        walk = _Walk(self._spare)
         # Buffers made inside `inference_mode` (a save point in validation) would be inference tensors,
-        # which the next save could not copy into: the copies are made as ordinary tensors.
-        with torch.inference_mode(False), torch.no_grad():
+        # which the next save could not copy into: they are made, and copied into, as ordinary tensors.
+        with _plain_tensors():
             copied = walk.copy(state)
-        del self._buffers[walk.used :]  # a smaller state than last time: let the rest go
+            walk.copy_tensors()
+        self._spare = {}
+        for key, buffer in walk.used:
+            self._spare.setdefault(key, []).append(buffer)
         event = walk.event()
         return Snapshot(copied, walk.nbytes, event.synchronize if event is not None else _nothing)
 
     @property
     def nbytes(self) -> int:
-        """Host memory the pool holds now."""
-        return sum(buffer.untyped_storage().nbytes() for buffer in self._buffers)
+        """Host memory the pool holds (once a reservation in progress is done)."""
+        self._ready.wait()
+        return sum(b.untyped_storage().nbytes() for buffers in self._spare.values() for b in buffers)
+
+
+def _plain_tensors() -> contextlib.AbstractContextManager[Any]:
+    """Outside `inference_mode` and without autograd (entered only where needed: each costs microseconds)."""
+    stack = contextlib.ExitStack()
+    if torch.is_inference_mode_enabled():
+        stack.enter_context(torch.inference_mode(False))
+    if torch.is_grad_enabled():
+        stack.enter_context(torch.no_grad())
+    return stack
+
+
+def _key(tensor: torch.Tensor, pinned: bool | None = None) -> _Key:
+    return tensor.shape, tensor.dtype, tensor.device.type == "cuda" if pinned is None else pinned
+
+
+def _copyable(tensor: torch.Tensor) -> bool:
+    """Whether a snapshot copies `tensor` into a pool buffer (plain dense tensors; others are cloned)."""
+    return type(tensor) is torch.Tensor and tensor.layout is torch.strided and not tensor.is_meta
+
+
+class Later:
+    """A checkpoint value converted on the writer thread: `convert(captured)`, where `captured` was taken at
+    the save point and nothing changes it afterwards (fresh copies, immutable values)."""
+
+    def __init__(self, convert: Callable[[Any], Any], captured: Any) -> None:
+        self.convert = convert
+        self.captured = captured
+
+
+def resolved(value: Any) -> Any:
+    """`value` with every `Later` in it converted (containers rebuilt only where one was found)."""
+    if isinstance(value, Later):
+        return value.convert(value.captured)
+    if type(value) is dict or isinstance(value, OrderedDict):
+        if not any(isinstance(item, (Later, dict, list)) for item in value.values()):
+            return value
+        rebuilt = type(value)((key, resolved(item)) for key, item in value.items())
+        _keep_metadata(value, rebuilt)
+        return rebuilt
+    if type(value) is list:
+        return [resolved(item) for item in value]
+    return value
 
 
 def in_place(state: Mapping[str, Any]) -> Snapshot:
@@ -98,61 +172,74 @@ def _nothing() -> None:
 
 
 class _Walk:
-    """One pass over a state: rebuilds containers, copies tensors into the pool's buffers in order."""
+    """One pass over a state: rebuilds containers, copies tensors into spare buffers of the right shape."""
 
-    def __init__(self, buffers: list[torch.Tensor]) -> None:
-        self.buffers = buffers
-        self.used = 0
+    def __init__(self, spare: dict[_Key, list[torch.Tensor]]) -> None:
+        self.spare = spare
+        self.used: list[tuple[_Key, torch.Tensor]] = []
+        # (buffers, sources) per device type, copied together once the walk is done
+        self.cpu_copies: tuple[list[torch.Tensor], list[torch.Tensor]] = ([], [])
+        self.cuda_copies: tuple[list[torch.Tensor], list[torch.Tensor]] = ([], [])
         self.nbytes = 0
         self.devices: set[torch.device] = set()
         self.seen: dict[tuple[Any, ...], torch.Tensor] = {}
 
     def copy(self, value: Any) -> Any:
+        kind = type(value)  # exact types first: this runs for every value of the state
+        if kind in _SHARED:
+            return value
+        if kind is torch.Tensor:
+            return self._tensor(value)
+        if kind is dict:
+            return {key: self.copy(item) for key, item in value.items()}
+        if kind is Later:  # converted on the writer thread from what it captured
+            return value
         if isinstance(value, torch.Tensor):
             return self._tensor(value)
         if isinstance(value, _IMMUTABLE):
             return value
-        if isinstance(value, dict):  # OrderedDict stays an OrderedDict (state_dict metadata included)
-            rebuilt = copy.copy(value)
-            for key, item in value.items():
-                rebuilt[key] = self.copy(item)
-            return rebuilt
-        if isinstance(value, list):
+        if kind is list:
             return [self.copy(item) for item in value]
-        if isinstance(value, tuple) and type(value) is tuple:
+        if kind is tuple:
             return tuple(self.copy(item) for item in value)
+        if isinstance(value, OrderedDict):  # a state_dict: its `_metadata` (module versions) goes along
+            rebuilt = kind((key, self.copy(item)) for key, item in value.items())
+            _keep_metadata(value, rebuilt)
+            return rebuilt
         return copy.deepcopy(value)
 
     def _tensor(self, tensor: torch.Tensor) -> torch.Tensor:
-        source = tensor.detach()
-        if type(source) is not torch.Tensor or source.is_sparse or source.device.type == "meta":
-            return source.clone()  # subclasses and sparse tensors: a plain clone (rare in checkpoints)
+        # This runs for every tensor of the state on the training thread: kept to a few attribute reads.
+        if type(tensor) is not torch.Tensor or not _copyable(tensor):
+            return tensor.detach().clone()  # subclasses and sparse tensors: a plain clone (rare here)
+        shape = tensor.shape
         # `state_dict()` returns a new tensor object per name: tied weights are told by their memory.
-        key = (source.data_ptr(), source.device, source.dtype, source.shape, source.stride())
-        known = self.seen.get(key)
+        seen_as = (tensor.data_ptr(), shape)
+        known = self.seen.get(seen_as)
         if known is not None:
             return known
-        copied = self._buffer_for(source)
-        copied.copy_(source, non_blocking=source.device.type == "cuda")
-        if source.device.type == "cuda":
-            self.devices.add(source.device)
-        self.nbytes += copied.numel() * copied.element_size()
-        self.seen[key] = copied
+        on_cuda = tensor.is_cuda
+        key = (shape, tensor.dtype, on_cuda)
+        matching = self.spare.get(key)
+        copied = matching.pop() if matching else torch.empty(shape, dtype=key[1], pin_memory=on_cuda)
+        self.used.append((key, copied))
+        if on_cuda:
+            self.cuda_copies[0].append(copied)
+            self.cuda_copies[1].append(tensor)
+            self.devices.add(tensor.device)
+        else:
+            self.cpu_copies[0].append(copied)
+            self.cpu_copies[1].append(tensor)
+        self.nbytes += tensor.nbytes
+        self.seen[seen_as] = copied
         return copied
 
-    def _buffer_for(self, source: torch.Tensor) -> torch.Tensor:
-        pin = source.device.type == "cuda"
-        index, self.used = self.used, self.used + 1
-        if index < len(self.buffers):
-            buffer = self.buffers[index]
-            if buffer.shape == source.shape and buffer.dtype == source.dtype and buffer.is_pinned() == pin:
-                return buffer
-        buffer = torch.empty(source.shape, dtype=source.dtype, device="cpu", pin_memory=pin)
-        if index < len(self.buffers):
-            self.buffers[index] = buffer
-        else:
-            self.buffers.append(buffer)
-        return buffer
+    def copy_tensors(self) -> None:
+        """Every copy, in one call per device type (one dispatch instead of one per tensor)."""
+        if self.cpu_copies[0]:
+            torch._foreach_copy_(*self.cpu_copies)
+        if self.cuda_copies[0]:
+            torch._foreach_copy_(*self.cuda_copies, non_blocking=True)
 
     def event(self) -> Any:
         """An event after the copies on every CUDA device touched (one device per rank in practice)."""
@@ -164,6 +251,12 @@ class _Walk:
         if not events:
             return None
         return _Events(events)
+
+
+def _keep_metadata(source: Any, copy_: Any) -> None:
+    metadata = getattr(source, "_metadata", None)
+    if metadata is not None:
+        copy_._metadata = metadata
 
 
 class _Events:

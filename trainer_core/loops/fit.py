@@ -44,6 +44,7 @@ class FitLoop:
         self._has_val = bool(trainer.val_dataloaders) and any(trainer.num_val_batches)
         self._has_val = self._has_val and _defines(self.module, "validation_step")
         self._writes_steps = True  # whether any rank has a logger: agreed in `run`
+        self._buffers_asked_for = False  # checkpoint snapshot buffers, asked for after the first step
         # The module's `lr_scheduler_step(scheduler, metric)` replaces `scheduler.step()` when it defines one.
         self._scheduler_step_fn = (
             getattr(self.module, "lr_scheduler_step", None)
@@ -157,6 +158,8 @@ class FitLoop:
     def _after_batch(self, batch_idx: int, is_last: bool, validate: bool = False) -> str:
         """Validation when due, then the stop rules (should_stop, max_steps) and the preemption check."""
         checkpoint_io.raise_failure()  # a checkpoint that failed to commit stops training at once
+        if not self._buffers_asked_for and self.progress.global_step > 0:
+            self._ask_for_snapshot_buffers()
         validated = validate or self._should_validate(batch_idx, is_last)
         if validated and self._validate():
             return PREEMPTED
@@ -166,6 +169,19 @@ class FitLoop:
                 return PREEMPTED if self._validate() else END_EPOCH
             return END_EPOCH
         return PREEMPTED if self._preempted() else CONTINUE
+
+    def _ask_for_snapshot_buffers(self) -> None:
+        """Once the optimizer state exists: the checkpoint snapshot's buffers are allocated on a helper
+        thread before the first save point (pinned memory for GPU state takes about a second per few GB)."""
+        self._buffers_asked_for = True
+        trainer = self.trainer
+        if not trainer.checkpoint_callbacks or not trainer.is_global_zero:
+            return
+        tensors = list(self.module.state_dict().values())
+        for optimizer in trainer.optimizers:
+            for state in optimizer.state.values():
+                tensors += [value for value in state.values() if isinstance(value, torch.Tensor)]
+        checkpoint_io.prepare(tensors)
 
     def _pending_validation(self) -> str:
         """After a resume from inside a validation: run it again from its start, then go on as after it."""
