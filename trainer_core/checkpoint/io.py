@@ -43,7 +43,7 @@ import time
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import IO, Any, cast
+from typing import IO, Any, Protocol, cast
 
 import torch
 
@@ -190,6 +190,28 @@ def key(path: str | os.PathLike[str]) -> Path:
 
 
 # -- jobs --------------------------------------------------------------------------------------------------
+class Job(Protocol):
+    """What the writer thread runs, in queue order: a commit (`writes`) or a deletion.
+
+    A sharded checkpoint (a directory of per-rank files) is one more kind of job: its `run` writes the
+    directory under a temporary name with the same steps (fsync, digests, rename, manifest).
+    """
+
+    writes: bool
+
+    @property
+    def targets(self) -> list[Path]:
+        """The names this job changes; waits for them (and `exists`) see it until it is done."""
+        ...
+
+    @property
+    def target(self) -> Path: ...
+
+    def run(self, writer: Writer) -> None:
+        """Do the job on the writer thread; raise on failure (the writer records it)."""
+        ...
+
+
 @dataclasses.dataclass(eq=False)
 class _Save:
     """A snapshot to serialise once and commit under every name of its save point."""
@@ -198,10 +220,22 @@ class _Save:
     snapshot: Snapshot
     pool: BufferPool | None  # holds the snapshot, freed once serialised (None: the caller waits)
     position: dict[str, int]
+    writes = True
 
     @property
     def target(self) -> Path:
         return self.targets[0]
+
+    def run(self, writer: Writer) -> None:
+        released = False
+
+        def release() -> None:  # once: after serialising, or when the commit fails before that
+            nonlocal released
+            if self.pool is not None and not released:
+                released = True
+                writer.release_pool(self.pool)
+
+        _commit(self, release)
 
 
 @dataclasses.dataclass(eq=False)
@@ -210,10 +244,17 @@ class _Removal:
 
     target: Path
     failures_before: int  # commit failures counted when it was queued: one more cancels the deletion
+    writes = False
 
     @property
     def targets(self) -> list[Path]:
         return [self.target]
+
+    def run(self, writer: Writer) -> None:
+        if writer.failed_commits > self.failures_before:
+            log.warning("Kept %s: a checkpoint saved before its deletion failed to commit", self.target)
+            return
+        _delete(self.target)
 
 
 def _position(state: Mapping[str, Any]) -> dict[str, int]:
@@ -330,7 +371,7 @@ def _write_temporary(job: _Save, temporary: Path, release: Any) -> tuple[int, st
 def _check_size(target: Path, temporary: Path, written: int) -> None:
     on_disk = temporary.stat().st_size
     if on_disk != written:
-        raise CheckpointError(
+        raise CheckpointWriteError(
             f"Could not commit checkpoint {str(target)!r}: wrote {written} bytes but the file holds "
             f"{on_disk}. The previous file at that path, if any, is unchanged. The disk may be full or the "
             "file system failing; free space or choose another dirpath."
@@ -413,15 +454,21 @@ def _free_bytes(directory: Path) -> int | None:
     return None
 
 
-def commit_error(job: _Save | _Removal, error: BaseException) -> CheckpointError:
-    """What the user is told about a failed commit: the file, the reason, what is left, the fix."""
+def commit_error(job: Job, error: BaseException) -> CheckpointError:
+    """What the user is told about a failed job: the file, the reason, what is left, the fix."""
     if isinstance(error, CheckpointError):
         return error
+    if not job.writes:
+        reason = os.strerror(error.errno) if isinstance(error, OSError) and error.errno else str(error)
+        return CheckpointError(
+            f"Could not delete the old checkpoint {str(job.target)!r} ({reason}); the newer ones are "
+            "committed. Check the directory's permissions, or delete the file yourself."
+        )
     if isinstance(error, OSError):
         needed = job.snapshot.tensor_bytes + _ARCHIVE_OVERHEAD if isinstance(job, _Save) else None
         free = _free_bytes(job.target.parent) if error.errno in (errno.ENOSPC, errno.EDQUOT) else None
         return CheckpointWriteError(_write_failed_message(job.target, error), needed, free)
-    return CheckpointError(
+    return CheckpointWriteError(
         f"Could not commit checkpoint {str(job.target)!r}: unexpected error ({type(error).__name__}: "
         f"{error}). The previous file at that path, if any, is unchanged. Check the file system (failing "
         "storage) or choose another dirpath."
@@ -447,13 +494,13 @@ class Writer:
     """One background thread that commits saved checkpoints, and deletes retired ones, in queue order."""
 
     def __init__(self) -> None:
-        self._jobs: queue.SimpleQueue[_Save | _Removal] = queue.SimpleQueue()
+        self._jobs: queue.SimpleQueue[Job] = queue.SimpleQueue()
         self._changed = threading.Condition()
         self._pending: Counter[Path] = Counter()  # names with commits or removals queued or running
-        self._last: dict[Path, _Save | _Removal] = {}  # per pending name, the job queued last
+        self._last: dict[Path, Job] = {}  # per pending name, the job queued last
         self._unfinished: set[int] = set()  # ids of jobs queued or running
         self.errors: list[CheckpointError] = []  # failures not yet raised to a caller
-        self._failed_commits = 0  # so far: a removal skips when one failed after it was queued
+        self.failed_commits = 0  # so far: a removal skips when one failed after it was queued
         self._thread: threading.Thread | None = None
         self._free_pools: list[BufferPool] = []
         self._pools_out = 0
@@ -500,7 +547,7 @@ class Writer:
             )
 
     # -- queue --
-    def submit(self, job: _Save | _Removal) -> None:
+    def submit(self, job: Job) -> None:
         """Queue `job`; it runs after every job queued before it."""
         with self._changed:
             for target in job.targets:
@@ -517,9 +564,9 @@ class Writer:
         """Queue the deletion of `target`; a failure already recorded is raised instead (the file stays)."""
         with self._changed:
             self._raise_recorded()
-            self.submit(_Removal(target, self._failed_commits))  # the condition's lock is reentrant
+            self.submit(_Removal(target, self.failed_commits))  # the condition's lock is reentrant
 
-    def last_queued(self, target: Path) -> _Save | _Removal | None:
+    def last_queued(self, target: Path) -> Job | None:
         """The job queued last for `target` while any is pending, else None."""
         with self._changed:
             return self._last.get(target)
@@ -550,7 +597,7 @@ class Writer:
     def _run(self) -> None:
         while True:
             job = self._jobs.get()
-            failure = self._remove(job) if isinstance(job, _Removal) else self._save(job)
+            failure = self._run_job(job)
             with self._changed:
                 if failure is not None:
                     log.error("%s", failure)
@@ -563,38 +610,18 @@ class Writer:
                 self._unfinished.discard(id(job))
                 self._changed.notify_all()
 
-    def _save(self, job: _Save) -> CheckpointError | None:
-        released = False
-
-        def release() -> None:  # once: after serialising, or when the commit fails before that
-            nonlocal released
-            if job.pool is not None and not released:
-                released = True
-                self.release_pool(job.pool)
-
+    def _run_job(self, job: Job) -> CheckpointError | None:
         started = time.perf_counter()
         try:
-            _commit(job, release)
+            job.run(self)
         except BaseException as error:  # recorded, and the jobs queued after it still run
-            with self._changed:
-                self._failed_commits += 1
+            if job.writes:
+                with self._changed:
+                    self.failed_commits += 1
             return commit_error(job, error)
-        self.stats.saves += 1
-        self.stats.commit_s += time.perf_counter() - started
-        return None
-
-    def _remove(self, job: _Removal) -> CheckpointError | None:
-        if self._failed_commits > job.failures_before:
-            log.warning("Kept %s: a checkpoint saved before its deletion failed to commit", job.target)
-            return None
-        try:
-            _delete(job.target)
-        except OSError as error:
-            reason = os.strerror(error.errno) if error.errno else str(error)
-            return CheckpointError(
-                f"Could not delete the old checkpoint {str(job.target)!r} ({reason}); the newer ones are "
-                "committed. Check the directory's permissions, or delete the file yourself."
-            )
+        if job.writes:
+            self.stats.saves += 1
+            self.stats.commit_s += time.perf_counter() - started
         return None
 
 

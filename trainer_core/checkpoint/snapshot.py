@@ -38,10 +38,10 @@ import torch
 log = logging.getLogger(__name__)
 
 # Shared, not copied: values nothing can change; `_SHARED` holds exact types, checked first (the fast path).
-_SHARED = frozenset(
+_SHARED: frozenset[type] = frozenset(
     {str, bytes, int, float, complex, bool, type(None), torch.dtype, torch.device, torch.Size}
 )
-_IMMUTABLE = (*_SHARED, enum.Enum)
+_IMMUTABLE: tuple[type, ...] = (*_SHARED, enum.Enum)
 
 
 @dataclasses.dataclass
