@@ -157,23 +157,27 @@ def test_two_commits_to_one_path_land_in_order_and_the_later_wins(
     assert _names(tmp_path) == ["last.ckpt", "last.ckpt.json"]
 
 
-def test_a_third_save_to_a_path_waits_while_two_commits_to_it_are_pending(
+def test_a_save_waits_while_two_commits_and_a_snapshot_are_pending(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    # Two serialised checkpoints wait for their fsync (two temporary files at most) and one snapshot waits
+    # to be serialised (one copy of the state): the next save point waits for room.
     gate = _Gate()
     monkeypatch.setattr(os, "fsync", gate)
     path = tmp_path / "last.ckpt"
-    save_atomic({"global_step": 1}, path)
-    save_atomic({"global_step": 2}, path)
-    third = threading.Thread(target=save_atomic, args=({"global_step": 3}, path))
-    third.start()
-    third.join(timeout=0.5)
-    blocked = third.is_alive()
+    for step in (1, 2, 3):
+        save_atomic({"global_step": step}, path)
+    fourth = threading.Thread(target=save_atomic, args=({"global_step": 4}, path))
+    fourth.start()
+    fourth.join(timeout=0.5)
+    blocked = fourth.is_alive()
+    temporaries = [p for p in tmp_path.iterdir() if ".tmp-" in p.name]
     gate.release.set()
-    third.join(timeout=30)
-    assert blocked and not third.is_alive()
-    assert load(path) == {"global_step": 3}
+    fourth.join(timeout=30)
+    assert blocked and not fourth.is_alive()
+    assert len(temporaries) == 2
+    assert load(path) == {"global_step": 4}
     assert _names(tmp_path) == ["last.ckpt", "last.ckpt.json"]
 
 

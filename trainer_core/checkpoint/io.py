@@ -56,6 +56,7 @@ MANIFEST_SUFFIX = ".json"
 TEMPORARY_MARK = ".tmp-"  # `.<name>.tmp-<pid>-<id>`: resume ignores such files
 FORMAT = "torch-zip"
 _ARCHIVE_OVERHEAD = 64 << 10  # zip headers, the pickle and record alignment, beyond the tensor bytes
+_COMMIT_BACKLOG = 2  # serialised jobs that may wait for their commit (each holds a temporary file)
 _IN_PLACE_DIGEST = 64 << 10  # writes this large are storages, hashed in place on the digest thread
 _NO_LINKS = (errno.EPERM, errno.EXDEV, errno.EMLINK, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS)
 
@@ -95,7 +96,8 @@ def _save_here(state: Mapping[str, Any], targets: list[Path]) -> None:
     job = _Save(targets, in_place(state), None, _position(state))
     _check_free_space(job.target, job.snapshot.tensor_bytes + _ARCHIVE_OVERHEAD)
     try:
-        _commit(job, release=lambda: None)
+        job.prepare(None)
+        job.run(None)
     except Exception as error:
         raise commit_error(job, error) from error
 
@@ -191,13 +193,16 @@ def key(path: str | os.PathLike[str]) -> Path:
 
 # -- jobs --------------------------------------------------------------------------------------------------
 class Job(Protocol):
-    """What the writer thread runs, in queue order: a commit (`writes`) or a deletion.
+    """What the writer runs, in queue order: a commit (`writes`) or a deletion. Two stages: `prepare` on the
+    serialising thread (what needs the snapshot; no name changes), then `run` on the committing thread
+    (durability and names), so one checkpoint is made durable while the next one is serialised.
 
-    A sharded checkpoint (a directory of per-rank files) is one more kind of job: its `run` writes the
+    A sharded checkpoint (a directory of per-rank files) is one more kind of job: its stages write the
     directory under a temporary name with the same steps (fsync, digests, rename, manifest).
     """
 
     writes: bool
+    error: BaseException | None  # what `prepare` raised; `run` is then not called and this is recorded
 
     @property
     def targets(self) -> list[Path]:
@@ -207,8 +212,12 @@ class Job(Protocol):
     @property
     def target(self) -> Path: ...
 
+    def prepare(self, writer: Writer) -> None:
+        """The first stage (serialise); raise on failure."""
+        ...
+
     def run(self, writer: Writer) -> None:
-        """Do the job on the writer thread; raise on failure (the writer records it)."""
+        """The second stage, in queue order; raise on failure (the writer records it)."""
         ...
 
 
@@ -221,21 +230,30 @@ class _Save:
     pool: BufferPool | None  # holds the snapshot, freed once serialised (None: the caller waits)
     position: dict[str, int]
     writes = True
+    error: BaseException | None = None
+    temporary: Path | None = None
+    written: tuple[int, str] = (0, "")  # bytes and SHA-256 of the temporary file
 
     @property
     def target(self) -> Path:
         return self.targets[0]
 
-    def run(self, writer: Writer) -> None:
-        released = False
-
-        def release() -> None:  # once: after serialising, or when the commit fails before that
-            nonlocal released
-            if self.pool is not None and not released:
-                released = True
+    def prepare(self, writer: Writer | None) -> None:
+        """Serialise the snapshot into a temporary file beside the target, then free its buffers."""
+        self.temporary = temporary_path(self.target)
+        try:
+            self.snapshot.ready()
+            self.written = _write_temporary(self.snapshot.state, self.temporary, self.pool is not None)
+        except BaseException:
+            discard(self.temporary)
+            raise
+        finally:
+            if self.pool is not None and writer is not None:
                 writer.release_pool(self.pool)
 
-        _commit(self, release)
+    def run(self, writer: Writer | None) -> None:
+        assert self.temporary is not None
+        _commit(self, self.temporary)
 
 
 @dataclasses.dataclass(eq=False)
@@ -245,10 +263,14 @@ class _Removal:
     target: Path
     failures_before: int  # commit failures counted when it was queued: one more cancels the deletion
     writes = False
+    error: BaseException | None = None
 
     @property
     def targets(self) -> list[Path]:
         return [self.target]
+
+    def prepare(self, writer: Writer) -> None:
+        return None
 
     def run(self, writer: Writer) -> None:
         if writer.failed_commits > self.failures_before:
@@ -321,22 +343,21 @@ def _serialize(state: Mapping[str, Any], file: _HashingFile) -> None:
     torch.save(resolved(dict(state)), cast("IO[bytes]", file))
 
 
-def _commit(job: _Save, release: Any) -> None:
-    """Serialise, fsync and check the temporary file, link it to every name, rename; then the manifests."""
-    temporary = temporary_path(job.target)
+def _commit(job: _Save, temporary: Path) -> None:
+    """Make the serialised temporary file durable and check it, link it to every other name, rename it over
+    the target; then the manifests."""
     made: list[Path] = [temporary]
     try:
-        job.snapshot.ready()
-        written, digest = _write_temporary(job, temporary, release)
-        _check_size(job.target, temporary, written)
-        record = {"size": written, "sha256": digest, **job.position}
+        _make_durable(temporary)
+        size, digest = job.written
+        _check_size(job.target, temporary, size)
+        record = {"size": size, "sha256": digest, **job.position}
         for extra in job.targets[1:]:
             made.append(_second_name(temporary, extra))
             _replace(made[-1], extra)
             _write_manifest(extra, record)
         _replace(temporary, job.target)
     except BaseException:
-        release()
         for path in made:
             discard(path)
         raise
@@ -345,27 +366,32 @@ def _commit(job: _Save, release: Any) -> None:
         remove_stale_temporaries(target)
 
 
-def _write_temporary(job: _Save, temporary: Path, release: Any) -> tuple[int, str]:
-    """Serialise into `temporary` (then the snapshot's buffers are free for the next save point) and fsync;
-    the bytes written and their SHA-256."""
+def _write_temporary(state: Mapping[str, Any], temporary: Path, stable_storages: bool) -> tuple[int, str]:
+    """Serialise `state` into `temporary`: the bytes written and their SHA-256 (no fsync yet)."""
     try:
         file = open(temporary, "xb")  # noqa: SIM115 (closed below)
     except FileNotFoundError:  # the first save to a directory
         temporary.parent.mkdir(parents=True, exist_ok=True)
         file = open(temporary, "xb")  # noqa: SIM115
     with file:
-        hashing = _HashingFile(file, stable_storages=job.pool is not None)
+        hashing = _HashingFile(file, stable_storages)
         try:
             started = time.perf_counter()
-            _serialize(job.snapshot.state, hashing)
+            _serialize(state, hashing)
             digest = hashing.hexdigest()
             _writer.stats.serialise_s += time.perf_counter() - started
         finally:
             hashing.close()
-        release()
-        file.flush()
-        os.fsync(file.fileno())  # the bytes are on disk before a name points at them
     return hashing.size, digest
+
+
+def _make_durable(path: Path) -> None:
+    """fsync the file: its bytes are on disk before a name points at them."""
+    descriptor = os.open(path, os.O_WRONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
 
 
 def _check_size(target: Path, temporary: Path, written: int) -> None:
@@ -491,17 +517,21 @@ def _write_failed_message(target: Path, error: OSError) -> str:
 
 # -- the writer thread ---------------------------------------------------------------------------------------
 class Writer:
-    """One background thread that commits saved checkpoints, and deletes retired ones, in queue order."""
+    """Two background threads that commit saved checkpoints, and delete retired ones, in queue order: one
+    serialises (`Job.prepare`), the other makes durable and renames (`Job.run`), so that one checkpoint is
+    fsynced while the next is serialised. At most `_COMMIT_BACKLOG` jobs wait between the two."""
 
     def __init__(self) -> None:
-        self._jobs: queue.SimpleQueue[Job] = queue.SimpleQueue()
+        self._jobs: queue.SimpleQueue[Job] = queue.SimpleQueue()  # to serialise
+        self._commits: queue.SimpleQueue[Job] = queue.SimpleQueue()  # serialised, to make durable and name
+        self._committing = 0  # jobs past their first stage and not done
         self._changed = threading.Condition()
         self._pending: Counter[Path] = Counter()  # names with commits or removals queued or running
         self._last: dict[Path, Job] = {}  # per pending name, the job queued last
         self._unfinished: set[int] = set()  # ids of jobs queued or running
         self.errors: list[CheckpointError] = []  # failures not yet raised to a caller
         self.failed_commits = 0  # so far: a removal skips when one failed after it was queued
-        self._thread: threading.Thread | None = None
+        self._threads: list[threading.Thread] = []
         self._free_pools: list[BufferPool] = []
         self._pools_out = 0
         self.pool_limit = 1
@@ -554,10 +584,13 @@ class Writer:
                 self._pending[target] += 1
                 self._last[target] = job
             self._unfinished.add(id(job))
-            if self._thread is None:
-                # A daemon, so that an idle writer never holds up exit; the exit handler waits instead.
-                self._thread = threading.Thread(target=self._run, name="checkpoint-writer", daemon=True)
-                self._thread.start()
+            if not self._threads:
+                # Daemons, so that an idle writer never holds up exit; the exit handler waits instead.
+                for stage, name in ((self._serialise, "serialise"), (self._commit, "commit")):
+                    self._threads.append(
+                        threading.Thread(target=stage, name=f"checkpoint-{name}", daemon=True)
+                    )
+                    self._threads[-1].start()
         self._jobs.put(job)
 
     def submit_removal(self, target: Path) -> None:
@@ -594,11 +627,26 @@ class Writer:
         if errors:
             raise type(errors[0])(f"{len(errors)} checkpoint commits failed: " + " | ".join(map(str, errors)))
 
-    def _run(self) -> None:
+    def _serialise(self) -> None:
+        """The first stage of every job, in queue order; then the job goes to the committing thread."""
         while True:
             job = self._jobs.get()
+            with self._changed:  # bounds the temporary files that wait for their commit
+                self._changed.wait_for(lambda: self._committing < _COMMIT_BACKLOG)
+                self._committing += 1
+            try:
+                job.prepare(self)
+            except BaseException as error:  # recorded in queue order by the committing thread
+                job.error = error
+            self._commits.put(job)
+
+    def _commit(self) -> None:
+        """The second stage of every job, in queue order, and the bookkeeping that waits read."""
+        while True:
+            job = self._commits.get()
             failure = self._run_job(job)
             with self._changed:
+                self._committing -= 1
                 if failure is not None:
                     log.error("%s", failure)
                     self.errors.append(failure)
@@ -613,6 +661,8 @@ class Writer:
     def _run_job(self, job: Job) -> CheckpointError | None:
         started = time.perf_counter()
         try:
+            if job.error is not None:
+                raise job.error
             job.run(self)
         except BaseException as error:  # recorded, and the jobs queued after it still run
             if job.writes:
