@@ -5,10 +5,12 @@ from __future__ import annotations
 import dataclasses
 import enum
 import errno
+import hashlib
 import json
 import os
 import random
 import threading
+import zlib
 from collections import OrderedDict
 from collections.abc import Iterator
 from pathlib import Path
@@ -95,6 +97,46 @@ def test_verify_rejects_a_truncated_file(tmp_path: Path) -> None:
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])
     assert not verify(path)
+
+
+def _flip(path: Path, offset: int) -> None:
+    data = bytearray(path.read_bytes())
+    data[offset] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+def test_large_records_are_checked_by_the_crc32_torch_wrote_and_every_other_byte_by_sha256(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "last.ckpt"
+    weights = torch.randn(100_000)  # 400 kB: one record checked by its CRC-32
+    save_atomic({"weights": weights, "step": 7}, path, sync=True)
+    manifest = json.loads(manifest_path(path).read_text())
+    [[offset, length, crc]] = manifest["record_crc32"]
+    data = path.read_bytes()
+    assert length == weights.nbytes and data[offset : offset + length] == weights.numpy().tobytes()
+    assert crc == zlib.crc32(data[offset : offset + length])
+    outside = data[:offset] + data[offset + length :]
+    assert manifest["sha256"] == hashlib.sha256(outside).hexdigest()
+    assert checkpoint.check(path) is None
+    central_directory = data.rindex(b"PK\x01\x02")
+    for where in (offset + length // 2, central_directory + 16, 3):  # tensor data, a stored CRC-32, a header
+        _flip(path, where)
+        assert checkpoint.check(path) == "content digest mismatch"
+        _flip(path, where)
+        assert checkpoint.check(path) is None
+
+
+def test_when_torch_computes_no_crc32_every_byte_is_hashed(tmp_path: Path) -> None:
+    config = pytest.importorskip("torch.utils.serialization").config
+    path = tmp_path / "last.ckpt"
+    with config.patch({"save.compute_crc32": False}):
+        save_atomic({"weights": torch.randn(100_000)}, path, sync=True)
+    manifest = json.loads(manifest_path(path).read_text())
+    assert manifest["record_crc32"] == []
+    assert manifest["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+    _flip(path, path.stat().st_size // 2)
+    assert checkpoint.check(path) == "content digest mismatch"
 
 
 def test_verify_rejects_a_file_replaced_behind_the_manifest(tmp_path: Path) -> None:

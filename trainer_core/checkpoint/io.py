@@ -1,29 +1,33 @@
-"""The commit protocol: how a checkpoint gets from a save point to a committed file, on one writer thread.
+"""The commit protocol: how a checkpoint gets from a save point to a committed file, off the training thread.
 
 At a save point the training thread takes a snapshot of the state (`snapshot.py`: one memory copy into
-reused host buffers) and queues it; that is all it pays. The writer thread then, in save order:
+reused host buffers) and queues it; that is all it pays. Two background threads then, in save order:
 
-1. serialises the snapshot with `torch.save` into a temporary file beside the target
-   (`.<name>.tmp-<pid>-<id>`), hashing the bytes (SHA-256) as they are written: no second read;
-2. flushes and fsyncs it, and checks that the file holds every byte written;
-3. gives every other name of the same save point (the top-k file and `last.ckpt` of one step are the same
-   bytes) a hard link to it, or a copy where the file system has no links, renamed over that name;
-4. renames it over the target and writes the manifest `<name>.ckpt.json` (size, digest, training position).
+1. the serialising thread writes the snapshot with `torch.save` into a temporary file beside the target
+   (`.<name>.tmp-<pid>-<id>`), taking its digest as the bytes go by (`_DigestingFile`: the CRC-32s torch
+   computes for tensor data, a SHA-256 of every other byte), with no second pass over the data; the
+   snapshot's buffers are then free for the next save point;
+2. the committing thread fsyncs the file and checks that it holds every byte written, gives every other name
+   of the same save point (the top-k file and `last.ckpt` of one step are the same bytes) a hard link to it,
+   or a copy where the file system has no links, renames it over the target and writes the manifest
+   `<name>.ckpt.json` (size, digest, training position).
 
-A crash at any point leaves at each name either the old file or the new one, never a torn one, and at most a
-temporary file, which resume ignores and the next commit to that name deletes once its writer is gone. The
-previous manifest is removed before the rename, so a crash between the rename and the new manifest leaves a
-file without a manifest, which `verify.py` checks by its zip records instead.
+So one checkpoint is made durable while the next one is serialised. A crash at any point leaves at each name
+either the old file or the new one, never a torn one, and at most a temporary file, which resume ignores and
+the next commit to that name deletes once its writer is gone. The previous manifest is removed before the
+rename, so a crash between the rename and the new manifest leaves a file without a manifest, which
+`integrity.py` checks by its zip records instead.
 
-One snapshot is in flight at a time: the next save point waits only while the previous snapshot is still being
-serialised (logged once, with the time waited), which bounds host memory to one copy of the state. Deletions
-(top-k retention) go through the same queue, after the commits queued before them, and are skipped when one
-of those failed. A failure is recorded on the writer and raised on the training thread at the next step
-boundary (`raise_failure`), the next save, a read, a deletion or the end of the stage, as a
-`CheckpointWriteError` naming the file, and for a full disk the free space and the size needed.
+Bounds: one snapshot in flight (the next save point waits only while the previous snapshot is still being
+serialised, logged once with the time waited), so host memory holds one copy of the state; at most
+`_COMMIT_BACKLOG` serialised files wait for their commit. Deletions (top-k retention) go through the same
+queue, after the commits queued before them, and are skipped when one of those failed. A failure is recorded
+and raised on the training thread at the next step boundary (`raise_failure`), the next save, a read, a
+deletion or the end of the stage, as a `CheckpointWriteError` naming the file, and for a full disk the free
+space and the size needed (checked at the save point too, with one `statvfs`).
 
-Sharded formats (one file per rank) plug in at `Writer.submit`: a job is anything with a `target` that
-`Writer._run` can commit; the protocol (temporary name, fsync, digest, rename, manifest) stays this one.
+Sharded formats (one file per rank) plug in as another `Job`: the writer runs its two stages in queue order;
+the protocol (temporary name, fsync, digest, rename, manifest) stays this one.
 """
 
 from __future__ import annotations
@@ -38,8 +42,11 @@ import logging
 import os
 import queue
 import shutil
+import struct
 import threading
 import time
+import zipfile
+import zlib
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -57,7 +64,8 @@ TEMPORARY_MARK = ".tmp-"  # `.<name>.tmp-<pid>-<id>`: resume ignores such files
 FORMAT = "torch-zip"
 _ARCHIVE_OVERHEAD = 64 << 10  # zip headers, the pickle and record alignment, beyond the tensor bytes
 _COMMIT_BACKLOG = 2  # serialised jobs that may wait for their commit (each holds a temporary file)
-_IN_PLACE_DIGEST = 64 << 10  # writes this large are storages, hashed in place on the digest thread
+_RECORD_CHECKED = 64 << 10  # writes this large are record data, checked by the CRC-32 torch computes
+_READ_CHUNK = 16 << 20
 _NO_LINKS = (errno.EPERM, errno.EXDEV, errno.EMLINK, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS)
 
 
@@ -131,8 +139,8 @@ class WriterStats:
     snapshot_s: float = 0.0  # the training thread: copying the state into the snapshot buffers
     waits: int = 0  # save points that waited for the previous snapshot to be serialised
     waited_s: float = 0.0  # the training thread, in those waits
-    serialise_s: float = 0.0  # the writer thread: torch.save into the temporary file, with the digest
-    commit_s: float = 0.0  # the writer thread: all of it (serialise, fsync, links, rename, manifests)
+    serialise_s: float = 0.0  # the serialising thread: torch.save into the temporary file, with the digest
+    commit_s: float = 0.0  # the committing thread: fsync, size check, links, rename, manifests
 
 
 def statistics() -> WriterStats:
@@ -232,7 +240,7 @@ class _Save:
     writes = True
     error: BaseException | None = None
     temporary: Path | None = None
-    written: tuple[int, str] = (0, "")  # bytes and SHA-256 of the temporary file
+    written: tuple[int, dict[str, Any]] = (0, {})  # bytes and digest of the temporary file
 
     @property
     def target(self) -> Path:
@@ -243,7 +251,7 @@ class _Save:
         self.temporary = temporary_path(self.target)
         try:
             self.snapshot.ready()
-            self.written = _write_temporary(self.snapshot.state, self.temporary, self.pool is not None)
+            self.written = _write_temporary(self.snapshot.state, self.temporary)
         except BaseException:
             discard(self.temporary)
             raise
@@ -288,57 +296,77 @@ def _position(state: Mapping[str, Any]) -> dict[str, int]:
 
 
 # -- the commit ----------------------------------------------------------------------------------------------
-class _HashingFile:
-    """The file `torch.save` writes to: every byte also goes into the SHA-256 digest and the count.
+class _DigestingFile:
+    """The file `torch.save` writes to, taking the checkpoint's digest as the bytes go by, at no extra pass.
 
-    With `stable_storages` (a snapshot in buffers of ours, which stay put until the digest is done), the
-    digest runs on a helper thread beside the writes: a large write is the storage's own memory, hashed in
-    place; small writes (zip headers, the pickle) come from buffers torch reuses and are copied. Otherwise
-    (a save of live tensors, which torch may copy to a temporary per storage) it is computed in line.
+    torch's zip writer computes the CRC-32 of every record's data while it writes it. A large write is such
+    data (a tensor's storage): only its place is noted here, and its CRC-32 read back from the zip directory
+    once the file is complete. Every other byte (headers, the pickle, small tensors, the zip directory with
+    those CRC-32s) goes into a SHA-256. Together they cover every byte, so a flipped bit anywhere shows.
+    When torch is told not to compute CRC-32s, every byte goes into the SHA-256 instead.
     """
 
-    def __init__(self, file: IO[bytes], stable_storages: bool) -> None:
+    def __init__(self, file: IO[bytes]) -> None:
         self.file = file
         self.size = 0
-        self._digest = hashlib.sha256()
-        self._chunks: queue.SimpleQueue[memoryview | bytes | None] | None = None
-        self._thread: threading.Thread | None = None
-        if stable_storages:
-            self._chunks = queue.SimpleQueue()
-            self._thread = threading.Thread(target=self._hash, name="checkpoint-digest", daemon=True)
-            self._thread.start()
+        self.sha256 = hashlib.sha256()
+        self.records: list[tuple[int, int]] = []  # (offset, length) of large writes, checked by CRC-32
+        self._by_records = _torch_computes_crc32()
 
     def write(self, data: Any) -> int:
         view = data if type(data) is memoryview else memoryview(data)
         size = view.nbytes
-        if self._chunks is None:
-            self._digest.update(view)  # hashlib lets go of the GIL for large buffers
+        if self._by_records and size >= _RECORD_CHECKED:
+            self.records.append((self.size, size))
         else:
-            self._chunks.put(view if size >= _IN_PLACE_DIGEST else bytes(view))
+            self.sha256.update(view)
         self.size += size
         return self.file.write(view)
 
     def flush(self) -> None:
         self.file.flush()
 
-    def hexdigest(self) -> str:
-        """The digest of every byte written (waits for the helper thread)."""
-        self.close()
-        return self._digest.hexdigest()
 
-    def close(self) -> None:
-        if self._chunks is not None and self._thread is not None:
-            self._chunks.put(None)
-            self._thread.join()
-            self._chunks = None
-
-    def _hash(self) -> None:
-        assert self._chunks is not None
-        while (chunk := self._chunks.get()) is not None:
-            self._digest.update(chunk)
+def _torch_computes_crc32() -> bool:
+    try:
+        from torch.utils.serialization import config
+    except ImportError:  # torch before 2.6 always computes them
+        return True
+    return bool(getattr(config.save, "compute_crc32", True))
 
 
-def _serialize(state: Mapping[str, Any], file: _HashingFile) -> None:
+def _record_crc32s(path: Path, written: list[tuple[int, int]]) -> list[list[int]]:
+    """[offset, length, CRC-32] of each large write: the CRC-32 torch stored for the record at that offset
+    (read from the zip directory, a small read); computed here for a write that is no record's data."""
+    crc_at: dict[tuple[int, int], int] = {}
+    with open(path, "rb") as file, zipfile.ZipFile(file) as archive:
+        for record in archive.infolist():
+            file.seek(record.header_offset)
+            header = file.read(30)
+            name_length, extra_length = struct.unpack("<HH", header[26:30])
+            data_offset = record.header_offset + 30 + name_length + extra_length
+            crc_at[(data_offset, record.file_size)] = record.CRC
+        checked = []
+        for offset, length in written:
+            crc = crc_at.get((offset, length))
+            checked.append([offset, length, crc if crc is not None else crc32_of(file, offset, length)])
+    return checked
+
+
+def crc32_of(file: IO[bytes], offset: int, length: int) -> int:
+    """The CRC-32 of `length` bytes of `file` from `offset`, read in chunks."""
+    file.seek(offset)
+    crc = 0
+    while length > 0:
+        chunk = file.read(min(length, _READ_CHUNK))
+        if not chunk:
+            raise EOFError(f"the file ends before byte {offset + length}")
+        crc = zlib.crc32(chunk, crc)
+        length -= len(chunk)
+    return crc
+
+
+def _serialize(state: Mapping[str, Any], file: _DigestingFile) -> None:
     """The one place that turns the state into bytes (tests replace it to simulate a failing write)."""
     torch.save(resolved(dict(state)), cast("IO[bytes]", file))
 
@@ -351,7 +379,7 @@ def _commit(job: _Save, temporary: Path) -> None:
         _make_durable(temporary)
         size, digest = job.written
         _check_size(job.target, temporary, size)
-        record = {"size": size, "sha256": digest, **job.position}
+        record = {"size": size, **digest, **job.position}
         for extra in job.targets[1:]:
             made.append(_second_name(temporary, extra))
             _replace(made[-1], extra)
@@ -366,23 +394,21 @@ def _commit(job: _Save, temporary: Path) -> None:
         remove_stale_temporaries(target)
 
 
-def _write_temporary(state: Mapping[str, Any], temporary: Path, stable_storages: bool) -> tuple[int, str]:
-    """Serialise `state` into `temporary`: the bytes written and their SHA-256 (no fsync yet)."""
+def _write_temporary(state: Mapping[str, Any], temporary: Path) -> tuple[int, dict[str, Any]]:
+    """Serialise `state` into `temporary` (no fsync yet): the bytes written and the manifest's digest."""
     try:
         file = open(temporary, "xb")  # noqa: SIM115 (closed below)
     except FileNotFoundError:  # the first save to a directory
         temporary.parent.mkdir(parents=True, exist_ok=True)
         file = open(temporary, "xb")  # noqa: SIM115
+    started = time.perf_counter()
     with file:
-        hashing = _HashingFile(file, stable_storages)
-        try:
-            started = time.perf_counter()
-            _serialize(state, hashing)
-            digest = hashing.hexdigest()
-            _writer.stats.serialise_s += time.perf_counter() - started
-        finally:
-            hashing.close()
-    return hashing.size, digest
+        digesting = _DigestingFile(file)
+        _serialize(state, digesting)
+    records = _record_crc32s(temporary, digesting.records)
+    digest = {"sha256": digesting.sha256.hexdigest(), "record_crc32": records}
+    _writer.stats.serialise_s += time.perf_counter() - started
+    return digesting.size, digest
 
 
 def _make_durable(path: Path) -> None:

@@ -4,8 +4,9 @@ The training thread takes the snapshot and goes on at once; the writer thread se
 training moves the live tensors on. What a snapshot costs the training thread is one memory copy of every
 tensor, no pickling and no system call:
 
-- CPU tensors are copied into host buffers kept from the previous save (`copy_` into memory already mapped:
-  a fresh allocation of a large state would fault in every page again, which costs more than the copy).
+- CPU tensors are copied into host buffers kept from the previous save (into memory already mapped: a fresh
+  allocation of a large state would fault in every page again, which costs more than the copy). All copies
+  of a device type go in one `_foreach_copy_`.
 - CUDA tensors are copied into pinned host buffers with `non_blocking=True` on the training stream, and an
   event is recorded after the last copy; the writer waits on that event before it reads them, so the training
   thread never waits for the device. The copies go on the training stream, not a side stream: the next
@@ -16,9 +17,11 @@ Containers (dict, list, tuple) are rebuilt, so later changes to the live dicts d
 immutable values are shared; any other object is deep-copied. A tensor reached twice (tied weights) is copied
 once and stays shared in the snapshot, as `torch.save` would keep it.
 
-Host memory: one set of buffers, the size of the checkpoint's tensors, lives from the first save on; a save
-point waits while the previous snapshot is still being written (one snapshot in flight), so the set is never
-needed twice.
+Values slow to turn into checkpoint types (the RNG states) are taken as they are and wrapped in `Later`:
+the writer converts them. Host memory: one set of buffers, the size of the checkpoint's tensors, allocated on
+a helper thread after the first training step (`BufferPool.reserve`: pinning a few GB takes about a second)
+and kept; a save point waits while the previous snapshot is still being serialised (one snapshot in flight),
+so the set is never needed twice.
 """
 
 from __future__ import annotations
