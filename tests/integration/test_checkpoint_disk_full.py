@@ -48,14 +48,14 @@ class Wide(tc.TrainingModule):
 
 
 class FillTheDisk(tc.callbacks.Callback):
-    """At step 4, after ModelCheckpoint took its snapshot (and checked the free space), fill the file system
-    before the writer serialises it: the zip writer then runs out of space mid-file."""
+    """Once ModelCheckpoint took step 4's snapshot (and checked the free space), fill the file system before
+    the writer serialises it: the zip writer then runs out of space mid-file."""
 
     def __init__(self, directory: Path, serialising: threading.Event, release: threading.Event) -> None:
         self.directory, self.serialising, self.release = directory, serialising, release
 
-    def on_train_batch_end(self, trainer: Any, *args: Any) -> None:
-        if trainer.global_step != 4:
+    def on_train_batch_start(self, trainer: Any, *args: Any) -> None:
+        if trainer.global_step != 4:  # the start of step 5: step 4's save point is behind us
             return
         assert self.serialising.wait(timeout=30)
         with open(self.directory / "filler", "wb") as filler, contextlib.suppress(OSError):
@@ -101,7 +101,7 @@ def test_a_disk_that_fills_during_a_background_write_stops_training_and_keeps_la
         message = str(caught.value)
         assert "epoch=0-step=4.ckpt" in message and "No space left on device" in message
         assert "MiB free, the checkpoint needs about 3." in message
-        assert trainer.global_step == 4  # the step boundary after the failure, not the 20 steps of the run
+        assert trainer.global_step == 5  # the step boundary after the failure, not the 20 steps of the run
         last = directory / "last.ckpt"
         assert integrity.check(last) is None
         assert torch.load(last, weights_only=True)["global_step"] == 2
