@@ -81,7 +81,8 @@ def _training_state(trainer: Trainer) -> dict[str, Any]:
             "ranks": trainer.collectives.all_gather_object(trainer._metrics.state_dict("train")),
         },
         # The metrics callbacks and monitored schedulers read, so a resumed run starts where it stopped.
-        "callback_metrics": {k: v.detach().cpu() for k, v in trainer.callback_metrics.items()},
+        # Detached, not moved: the snapshot copies CUDA values without waiting for the device.
+        "callback_metrics": {k: v.detach() for k, v in trainer.callback_metrics.items()},
     }
 
 
