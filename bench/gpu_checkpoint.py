@@ -18,6 +18,7 @@ import os
 import resource
 import statistics
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -89,46 +90,34 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def run_trainer_core(args: argparse.Namespace, clock: StepClock) -> None:
-    import trainer_core as tc
+def _framework(impl: str) -> SimpleNamespace:
+    """The trainer core or Lightning: the same names, so one function runs both."""
+    if impl == "tc":
+        import trainer_core as tc
 
-    class Module(tc.TrainingModule):
-        def __init__(self) -> None:
-            super().__init__()
-            self.model = GPT(seq=args.seq)
-
-        def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
-            loss = gpt_loss(self.model, batch)
-            self.log("train_loss", loss, prog_bar=True)
-            return loss
-
-        def configure_optimizers(self) -> torch.optim.Optimizer:
-            return torch.optim.AdamW(self.parameters(), lr=3e-4)
-
-    class Clock(tc.callbacks.Callback):
-        def on_train_batch_end(self, trainer: Any, *_: Any) -> None:
-            clock.after_step(trainer.global_step)
-
-    callbacks: list[Any] = [Clock()]
-    logger: Any = False
-    if args.profile == "user":
-        directory = Path(args.workdir) / "ckpts"
-        callbacks.append(
-            tc.callbacks.ModelCheckpoint(dirpath=directory, every_n_train_steps=EVERY, save_last=True)
+        return SimpleNamespace(
+            Module=tc.TrainingModule,
+            Callback=tc.callbacks.Callback,
+            ModelCheckpoint=tc.callbacks.ModelCheckpoint,
+            TensorBoardLogger=tc.loggers.TensorBoardLogger,
+            Trainer=tc.Trainer,
         )
-        logger = tc.loggers.TensorBoardLogger(args.workdir, name="tb")
-    loader = DataLoader(RandomTokens(args.batch * 64, args.seq), args.batch, shuffle=True, drop_last=True)
-    trainer = tc.Trainer(**_settings(args), callbacks=callbacks, logger=logger)
-    trainer.fit(Module(), loader)
-    from trainer_core.checkpoint import io
-
-    print("writer statistics:", json.dumps(dataclasses.asdict(io.statistics())), flush=True)
-
-
-def run_lightning(args: argparse.Namespace, clock: StepClock) -> None:
     import lightning.pytorch as pl
 
-    class Module(pl.LightningModule):
+    return SimpleNamespace(
+        Module=pl.LightningModule,
+        Callback=pl.Callback,
+        ModelCheckpoint=pl.callbacks.ModelCheckpoint,
+        TensorBoardLogger=pl.loggers.TensorBoardLogger,
+        Trainer=pl.Trainer,
+    )
+
+
+def run_framework(args: argparse.Namespace, clock: StepClock) -> None:
+    """`fit` with the trainer core (`--impl tc`) or Lightning, in the chosen profile."""
+    fw = _framework(args.impl)
+
+    class Module(fw.Module):  # type: ignore[misc, name-defined]
         def __init__(self) -> None:
             super().__init__()
             self.model = GPT(seq=args.seq)
@@ -141,7 +130,7 @@ def run_lightning(args: argparse.Namespace, clock: StepClock) -> None:
         def configure_optimizers(self) -> torch.optim.Optimizer:
             return torch.optim.AdamW(self.parameters(), lr=3e-4)
 
-    class Clock(pl.Callback):
+    class Clock(fw.Callback):  # type: ignore[misc, name-defined]
         def on_train_batch_end(self, trainer: Any, *_: Any) -> None:
             clock.after_step(trainer.global_step)
 
@@ -149,13 +138,15 @@ def run_lightning(args: argparse.Namespace, clock: StepClock) -> None:
     logger: Any = False
     if args.profile == "user":
         directory = Path(args.workdir) / "ckpts"
-        callbacks.append(
-            pl.callbacks.ModelCheckpoint(dirpath=directory, every_n_train_steps=EVERY, save_last=True)
-        )
-        logger = pl.loggers.TensorBoardLogger(args.workdir, name="tb")
+        callbacks.append(fw.ModelCheckpoint(dirpath=directory, every_n_train_steps=EVERY, save_last=True))
+        logger = fw.TensorBoardLogger(args.workdir, name="tb")
     loader = DataLoader(RandomTokens(args.batch * 64, args.seq), args.batch, shuffle=True, drop_last=True)
-    trainer = pl.Trainer(**_settings(args), callbacks=callbacks, logger=logger)
+    trainer = fw.Trainer(**_settings(args), callbacks=callbacks, logger=logger)
     trainer.fit(Module(), loader)
+    if args.impl == "tc":
+        from trainer_core.checkpoint import io
+
+        print("writer statistics:", json.dumps(dataclasses.asdict(io.statistics())), flush=True)
 
 
 def _checkpoint_mib(args: argparse.Namespace) -> float | None:
@@ -220,10 +211,8 @@ def main() -> None:
     clock = StepClock(args.warmup, args.steps)
     if args.impl in ("hand", "hand_fsync"):
         run_hand(args, clock, fsync=args.impl == "hand_fsync")
-    elif args.impl == "tc":
-        run_trainer_core(args, clock)
     else:
-        run_lightning(args, clock)
+        run_framework(args, clock)
     record = {
         "impl": args.impl,
         "profile": args.profile,

@@ -5,10 +5,8 @@ the writer thread, training stops at the next step boundary naming the file and 
 from __future__ import annotations
 
 import contextlib
-import subprocess
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,21 +14,10 @@ import pytest
 import torch
 
 import trainer_core as tc
+from tests.fs_helpers import tmpfs
 from trainer_core import checkpoint as checkpoint_io
 from trainer_core.checkpoint import integrity
 from trainer_core.errors import CheckpointWriteError
-
-
-@contextlib.contextmanager
-def _tmpfs(path: Path, size: str) -> Iterator[Path]:
-    path.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], check=False)
-    if mounted.returncode != 0:
-        pytest.skip("mounting a tmpfs needs root")
-    try:
-        yield path
-    finally:
-        subprocess.run(["umount", "-l", str(path)], check=False)
 
 
 class Wide(tc.TrainingModule):
@@ -84,7 +71,7 @@ def test_a_disk_that_fills_during_a_background_write_stops_training_and_keeps_la
         real(state, file)
 
     monkeypatch.setattr(checkpoint_io.io, "_serialize", held_second_write)
-    with _tmpfs(tmp_path / "small", "8m") as small:
+    with tmpfs(tmp_path / "small", "8m") as small:
         directory = small / "ckpts"
         saves = tc.callbacks.ModelCheckpoint(dirpath=directory, every_n_train_steps=2, save_last=True)
         trainer = tc.Trainer(

@@ -3,15 +3,15 @@ during a save. One line, the right exit code, run.json says why, nothing the use
 
 from __future__ import annotations
 
-import contextlib
 import os
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
 from launch_helpers import FAST, explain, launch, manifest, run_dirs
+
+from tests.fs_helpers import tmpfs
 
 # A model whose checkpoint (weights and Adam state) is about 3.3 MiB.
 BIG_MODEL = "model.hidden=512"
@@ -75,22 +75,10 @@ def test_a_missing_last_ckpt_resumes_from_the_newest_top_k_file_not_from_scratch
     assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 10
 
 
-@contextlib.contextmanager
-def _tmpfs(path: Path, size: str) -> Iterator[Path]:
-    path.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], check=False)
-    if mounted.returncode != 0:
-        pytest.skip("mounting a tmpfs needs root")
-    try:
-        yield path
-    finally:
-        subprocess.run(["umount", "-l", str(path)], check=False)
-
-
 @pytest.mark.timeout(240)
 @pytest.mark.parametrize("devices", [1, 2])
 def test_a_full_disk_stops_the_run_in_one_line_naming_the_space(tmp_path: Path, devices: int) -> None:
-    with _tmpfs(tmp_path / "small", "2m") as small:
+    with tmpfs(tmp_path / "small", "2m") as small:
         result = launch(
             tmp_path,
             *FAST,
