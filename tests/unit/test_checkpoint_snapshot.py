@@ -142,6 +142,13 @@ def test_buffers_reserved_ahead_serve_the_first_snapshot() -> None:
     assert reserved == snapshot.tensor_bytes == pool.nbytes  # no buffer allocated twice, none left over
 
 
+def test_views_of_one_memory_with_other_strides_are_copied_apart() -> None:
+    square = torch.randn(8, 8)
+    snapshot = BufferPool().take({"weight": square, "transposed": square.t()})
+    assert torch.equal(snapshot.state["weight"], square)
+    assert torch.equal(snapshot.state["transposed"], square.t())
+
+
 def test_a_snapshot_keeps_tied_weights_shared_and_copies_containers() -> None:
     shared = torch.randn(4, 4)
     step = [3]

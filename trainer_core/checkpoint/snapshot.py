@@ -217,7 +217,7 @@ class _Walk:
             return tensor.detach().clone()  # subclasses and sparse tensors: a plain clone (rare here)
         shape = tensor.shape
         # `state_dict()` returns a new tensor object per name: tied weights are told by their memory.
-        seen_as = (tensor.data_ptr(), shape)
+        seen_as = (tensor.data_ptr(), shape, tensor.stride())
         known = self.seen.get(seen_as)
         if known is not None:
             return known
