@@ -127,7 +127,7 @@ def _run_elastic(run_dir: Path, nproc: int, received: int | None = None) -> int 
                 f"stopped by {signal_name(forwarder.received)} before every rank could save; the previous "
                 "last.ckpt is intact."
             )
-        raise _told_failure(run_dir) or RankFailure(errors[0].format_msg()) from None
+        raise _failure_recorded_in(run_dir) or RankFailure(errors[0].format_msg()) from None
     if errors:
         raise errors[0]
     if forwarder.received is None or rundir.read_manifest(run_dir).get("status") != "preempted":
@@ -135,7 +135,7 @@ def _run_elastic(run_dir: Path, nproc: int, received: int | None = None) -> int 
     return forwarder.received
 
 
-def _told_failure(run_dir: Path) -> RunError | None:
+def _failure_recorded_in(run_dir: Path) -> RunError | None:
     """The one-line failure a rank recorded in run.json (a checkpoint it could not write or resume)."""
     manifest = rundir.read_manifest(run_dir)
     code, error = manifest.get("exit_code"), manifest.get("error")

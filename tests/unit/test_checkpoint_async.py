@@ -443,5 +443,5 @@ def test_a_process_that_saves_and_exits_at_once_leaves_a_committed_file(tmp_path
     )
     subprocess.run([sys.executable, "-c", script], check=True, timeout=100)
     assert _names(tmp_path) == ["last.ckpt", "last.ckpt.json"]
-    assert verify(path, deep=True)
+    assert verify(path)
     assert torch.equal(torch.load(path, weights_only=True)["weights"], torch.arange(10.0))

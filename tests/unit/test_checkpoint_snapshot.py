@@ -138,8 +138,13 @@ def test_buffers_reserved_ahead_serve_the_first_snapshot() -> None:
     pool = BufferPool()
     pool.reserve(tensors)  # on a helper thread
     reserved = pool.nbytes
-    snapshot = pool.take(state)
-    assert reserved == snapshot.tensor_bytes == pool.nbytes  # no buffer allocated twice, none left over
+    allocations: list[Any] = []
+    real_empty = torch.empty
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(torch, "empty", lambda *a, **k: allocations.append(a) or real_empty(*a, **k))
+        snapshot = pool.take(state)
+    assert allocations == []  # the first snapshot found every buffer it needed
+    assert reserved == snapshot.tensor_bytes == pool.nbytes  # none allocated twice, none left over
 
 
 def test_views_of_one_memory_with_other_strides_are_copied_apart() -> None:
@@ -163,30 +168,37 @@ def test_a_snapshot_keeps_tied_weights_shared_and_copies_containers() -> None:
 def test_a_save_point_waits_only_for_a_snapshot_still_in_flight_and_says_so_once(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    entered, release = threading.Event(), threading.Event()
+    # A writer of its own: whether this process logged a wait before does not matter here.
+    monkeypatch.setattr(checkpoint_io.io, "_writer", checkpoint_io.io.Writer())
+    releases = [threading.Event() for _ in range(3)]  # serialisation n waits for releases[n]
     real = checkpoint_io.io._serialize
 
     def held(state: Any, file: Any) -> None:
-        entered.set()
-        assert release.wait(timeout=30)
+        assert releases[state["step"] - 1].wait(timeout=30)
         real(state, file)
 
+    def save_waits(step: int) -> bool:
+        """Whether the save of `step` blocks (its buffers are still being serialised), then let it finish."""
+        saving = threading.Thread(
+            target=checkpoint_io.save_atomic, args=({"step": step}, tmp_path / f"{step}")
+        )
+        saving.start()
+        saving.join(timeout=0.3)
+        blocked = saving.is_alive()
+        releases[step - 2].set()  # the serialisation it waits for
+        saving.join(timeout=30)
+        return blocked and not saving.is_alive()
+
     monkeypatch.setattr(checkpoint_io.io, "_serialize", held)
-    checkpoint_io.save_atomic({"step": 1}, tmp_path / "a.ckpt")
-    assert entered.wait(timeout=30)
-    second = threading.Thread(target=checkpoint_io.save_atomic, args=({"step": 2}, tmp_path / "b.ckpt"))
     with caplog.at_level(logging.INFO, logger="trainer_core.checkpoint.io"):
-        second.start()
-        second.join(timeout=0.3)
-        waited = second.is_alive()  # the first snapshot is still being serialised: its buffers are in use
-        release.set()
-        second.join(timeout=30)
-        checkpoint_io.save_atomic({"step": 3}, tmp_path / "c.ckpt")
+        checkpoint_io.save_atomic({"step": 1}, tmp_path / "1")
+        assert save_waits(2) and save_waits(3)
+        releases[2].set()
         checkpoint_io.wait_for_pending()
-    assert waited and not second.is_alive()
     told = [r.getMessage() for r in caplog.records if "waited" in r.getMessage()]
-    assert len(told) <= 1 and (not told or "for the previous checkpoint to be written" in told[0])
-    assert [checkpoint_io.load(tmp_path / n)["step"] for n in ("a.ckpt", "b.ckpt", "c.ckpt")] == [1, 2, 3]
+    assert len(told) == 1 and "for the previous checkpoint to be written" in told[0]
+    assert checkpoint_io.io.statistics().waits == 2
+    assert [checkpoint_io.load(tmp_path / str(step))["step"] for step in (1, 2, 3)] == [1, 2, 3]
 
 
 def test_a_write_that_fails_in_the_background_stops_training_at_the_next_step(

@@ -3,6 +3,7 @@
 - `snapshot.py`: the training thread's part of a save, a copy of the state into reused (pinned) buffers;
 - `io.py`: the commit protocol on the writer thread (serialise, digest, fsync, link, rename, manifest),
   and retention's deletions;
+- `digest.py`: the digest of every byte, taken as the file is written and checked on resume;
 - `integrity.py`: whether a file is intact (size and SHA-256 against its manifest), `weights_only` loading;
 - `layout.py`: what goes into a checkpoint (`dump`) and how a state goes back into the trainer (`restore`);
 - `resume.py`: which file a resume reads, the newest intact one, skipping damaged ones with a warning.

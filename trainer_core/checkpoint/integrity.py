@@ -1,13 +1,12 @@
 """Whether a checkpoint file is intact, and reading it with `torch.load(weights_only=True)`.
 
 A file committed here has a manifest (`<name>.ckpt.json`) with its size and a digest of every byte, taken
-while it was written (`io._DigestingFile`): the CRC-32 torch's zip writer computed for each large record's
-data (a tensor's storage), with its place in the file, and a SHA-256 of every other byte (headers, the
-pickle, small tensors, and the zip directory that holds the CRC-32s). `check` compares both in one read
-before anything is unpickled, so a flipped bit anywhere in the file is a named rejection. Older manifests of
-this project recorded a digest of the zip record list (names, sizes and CRC-32s); for those, and for files
-without a manifest (written by Lightning or by hand), every zip record is read back against the CRC-32 torch
-stored, which also finds a flipped bit in tensor data.
+while it was written (`digest.py`: the CRC-32 torch's zip writer computed for each tensor's data and a
+SHA-256 of every other byte). `check` compares both in one read before anything is unpickled, so a flipped
+bit anywhere in the file is a named rejection. Older manifests of this project recorded a digest of the zip
+record list (names, sizes and CRC-32s); for those, and for files without a manifest (written by Lightning or
+by hand), every zip record is read back against the CRC-32 torch stored, which also finds a flipped bit in
+tensor data.
 """
 
 from __future__ import annotations
@@ -21,11 +20,10 @@ from typing import Any
 
 import torch
 
-from trainer_core.checkpoint import io
+from trainer_core.checkpoint import digest, io
 from trainer_core.errors import CheckpointError
 
 _FIX = "Resume from another checkpoint (an earlier top-k file), or start without ckpt_path."
-_READ_CHUNK = 16 << 20
 
 
 def check(path: str | os.PathLike[str]) -> str | None:
@@ -41,54 +39,23 @@ def check(path: str | os.PathLike[str]) -> str | None:
     try:
         size = target.stat().st_size
         if manifest is None:
-            return _zip_problem(target, deep=True)
+            return _zip_problem(target)
         if not manifest:
             return "its manifest is unreadable"
         if manifest.get("size") != size:
             return f"size {size} bytes, its manifest says {manifest.get('size')}"
         if "sha256" in manifest:
-            return None if _digest_matches(target, manifest) else "content digest mismatch"
+            return None if digest.matches(target, manifest) else "content digest mismatch"
         if manifest.get("records_sha256") != _records_digest(target):
             return "zip records differ from its manifest"
-        return _zip_problem(target, deep=True)
+        return _zip_problem(target)
     except (OSError, zipfile.BadZipFile, EOFError, ValueError) as error:
         return f"unreadable ({type(error).__name__}: {error})"
 
 
-def verify(path: str | os.PathLike[str], deep: bool = False) -> bool:
-    """Whether `path` is a complete, unchanged checkpoint (`check` found nothing wrong).
-
-    `deep` is accepted for compatibility: every check reads the whole file now.
-    """
+def verify(path: str | os.PathLike[str]) -> bool:
+    """Whether `path` is a complete, unchanged checkpoint (`check` found nothing wrong)."""
     return check(path) is None
-
-
-def _digest_matches(path: Path, manifest: dict[str, Any]) -> bool:
-    """Every byte against the manifest, in one read: the record data it lists by their CRC-32, every other
-    byte (the zip directory with those CRC-32s among them) by the SHA-256 (`io._DigestingFile`)."""
-    records = manifest.get("record_crc32", [])
-    digest = hashlib.sha256()
-    position = 0
-    with open(path, "rb") as file:
-        for offset, length, crc in sorted(records):
-            if offset < position:
-                return False
-            _hash_range(file, position, offset - position, digest)
-            if io.crc32_of(file, offset, length) != crc:
-                return False
-            position = offset + length
-        _hash_range(file, position, os.fstat(file.fileno()).st_size - position, digest)
-    return digest.hexdigest() == manifest["sha256"]
-
-
-def _hash_range(file: Any, offset: int, length: int, digest: Any) -> None:
-    file.seek(offset)
-    while length > 0:
-        chunk = file.read(min(length, _READ_CHUNK))
-        if not chunk:
-            raise EOFError(f"the file ends before byte {offset + length}")
-        digest.update(chunk)
-        length -= len(chunk)
 
 
 def _records_digest(path: Path) -> str:
@@ -99,11 +66,12 @@ def _records_digest(path: Path) -> str:
     return hashlib.sha256(listing.encode()).hexdigest()
 
 
-def _zip_problem(path: Path, deep: bool) -> str | None:
+def _zip_problem(path: Path) -> str | None:
+    """What is wrong with a file's zip structure or any record's CRC-32 (a full read), or None."""
     with zipfile.ZipFile(path) as archive:
         if not any(record.filename.endswith("data.pkl") for record in archive.infolist()):
             return "not a torch.save archive (no data.pkl record)"
-        bad = archive.testzip() if deep else None
+        bad = archive.testzip()
     return f"record {bad} fails its CRC-32" if bad is not None else None
 
 

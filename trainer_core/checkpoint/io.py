@@ -4,7 +4,7 @@ At a save point the training thread takes a snapshot of the state (`snapshot.py`
 reused host buffers) and queues it; that is all it pays. Two background threads then, in save order:
 
 1. the serialising thread writes the snapshot with `torch.save` into a temporary file beside the target
-   (`.<name>.tmp-<pid>-<id>`), taking its digest as the bytes go by (`_DigestingFile`: the CRC-32s torch
+   (`.<name>.tmp-<pid>-<id>`), taking its digest as the bytes go by (`digest.py`: the CRC-32s torch
    computes for tensor data, a SHA-256 of every other byte), with no second pass over the data; the
    snapshot's buffers are then free for the next save point;
 2. the committing thread fsyncs the file and checks that it holds every byte written, gives every other name
@@ -36,17 +36,13 @@ import atexit
 import contextlib
 import dataclasses
 import errno
-import hashlib
 import json
 import logging
 import os
 import queue
 import shutil
-import struct
 import threading
 import time
-import zipfile
-import zlib
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -54,6 +50,7 @@ from typing import IO, Any, Protocol, cast
 
 import torch
 
+from trainer_core.checkpoint.digest import DigestingFile
 from trainer_core.checkpoint.snapshot import BufferPool, Snapshot, in_place, resolved
 from trainer_core.errors import CheckpointError, CheckpointWriteError
 
@@ -64,8 +61,6 @@ TEMPORARY_MARK = ".tmp-"  # `.<name>.tmp-<pid>-<id>`: resume ignores such files
 FORMAT = "torch-zip"
 _ARCHIVE_OVERHEAD = 64 << 10  # zip headers, the pickle and record alignment, beyond the tensor bytes
 _COMMIT_BACKLOG = 2  # serialised jobs that may wait for their commit (each holds a temporary file)
-_RECORD_CHECKED = 64 << 10  # writes this large are record data, checked by the CRC-32 torch computes
-_READ_CHUNK = 16 << 20
 _NO_LINKS = (errno.EPERM, errno.EXDEV, errno.EMLINK, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS)
 
 
@@ -296,77 +291,7 @@ def _position(state: Mapping[str, Any]) -> dict[str, int]:
 
 
 # -- the commit ----------------------------------------------------------------------------------------------
-class _DigestingFile:
-    """The file `torch.save` writes to, taking the checkpoint's digest as the bytes go by, at no extra pass.
-
-    torch's zip writer computes the CRC-32 of every record's data while it writes it. A large write is such
-    data (a tensor's storage): only its place is noted here, and its CRC-32 read back from the zip directory
-    once the file is complete. Every other byte (headers, the pickle, small tensors, the zip directory with
-    those CRC-32s) goes into a SHA-256. Together they cover every byte, so a flipped bit anywhere shows.
-    When torch is told not to compute CRC-32s, every byte goes into the SHA-256 instead.
-    """
-
-    def __init__(self, file: IO[bytes]) -> None:
-        self.file = file
-        self.size = 0
-        self.sha256 = hashlib.sha256()
-        self.records: list[tuple[int, int]] = []  # (offset, length) of large writes, checked by CRC-32
-        self._by_records = _torch_computes_crc32()
-
-    def write(self, data: Any) -> int:
-        view = data if type(data) is memoryview else memoryview(data)
-        size = view.nbytes
-        if self._by_records and size >= _RECORD_CHECKED:
-            self.records.append((self.size, size))
-        else:
-            self.sha256.update(view)
-        self.size += size
-        return self.file.write(view)
-
-    def flush(self) -> None:
-        self.file.flush()
-
-
-def _torch_computes_crc32() -> bool:
-    try:
-        from torch.utils.serialization import config
-    except ImportError:  # torch before 2.6 always computes them
-        return True
-    return bool(getattr(config.save, "compute_crc32", True))
-
-
-def _record_crc32s(path: Path, written: list[tuple[int, int]]) -> list[list[int]]:
-    """[offset, length, CRC-32] of each large write: the CRC-32 torch stored for the record at that offset
-    (read from the zip directory, a small read); computed here for a write that is no record's data."""
-    crc_at: dict[tuple[int, int], int] = {}
-    with open(path, "rb") as file, zipfile.ZipFile(file) as archive:
-        for record in archive.infolist():
-            file.seek(record.header_offset)
-            header = file.read(30)
-            name_length, extra_length = struct.unpack("<HH", header[26:30])
-            data_offset = record.header_offset + 30 + name_length + extra_length
-            crc_at[(data_offset, record.file_size)] = record.CRC
-        checked = []
-        for offset, length in written:
-            crc = crc_at.get((offset, length))
-            checked.append([offset, length, crc if crc is not None else crc32_of(file, offset, length)])
-    return checked
-
-
-def crc32_of(file: IO[bytes], offset: int, length: int) -> int:
-    """The CRC-32 of `length` bytes of `file` from `offset`, read in chunks."""
-    file.seek(offset)
-    crc = 0
-    while length > 0:
-        chunk = file.read(min(length, _READ_CHUNK))
-        if not chunk:
-            raise EOFError(f"the file ends before byte {offset + length}")
-        crc = zlib.crc32(chunk, crc)
-        length -= len(chunk)
-    return crc
-
-
-def _serialize(state: Mapping[str, Any], file: _DigestingFile) -> None:
+def _serialize(state: Mapping[str, Any], file: DigestingFile) -> None:
     """The one place that turns the state into bytes (tests replace it to simulate a failing write)."""
     torch.save(resolved(dict(state)), cast("IO[bytes]", file))
 
@@ -403,12 +328,11 @@ def _write_temporary(state: Mapping[str, Any], temporary: Path) -> tuple[int, di
         file = open(temporary, "xb")  # noqa: SIM115
     started = time.perf_counter()
     with file:
-        digesting = _DigestingFile(file)
+        digesting = DigestingFile(file)
         _serialize(state, digesting)
-    records = _record_crc32s(temporary, digesting.records)
-    digest = {"sha256": digesting.sha256.hexdigest(), "record_crc32": records}
+    entries = digesting.manifest_entries(temporary)
     _writer.stats.serialise_s += time.perf_counter() - started
-    return digesting.size, digest
+    return digesting.size, entries
 
 
 def _make_durable(path: Path) -> None:
