@@ -7,6 +7,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -83,6 +84,17 @@ def jobs_submitted_from(directory: Path) -> set[str]:
     return {job_id for job_id, workdir in rows if Path(workdir) == directory}
 
 
+def listed_from(directory: Path, job_id: str, timeout_s: float = 30) -> set[str]:
+    """`jobs_submitted_from(directory)` once it lists `job_id`: slurmdbd can answer `sacct -j` with the final
+    state a moment before its listing by time window shows the job's WorkDir."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        jobs = jobs_submitted_from(directory)
+        if job_id in jobs or time.monotonic() > deadline:
+            return jobs
+        time.sleep(0.2)
+
+
 def rank_log(run_dir: Path, rank: int) -> str:
     return (run_dir / "logs" / f"rank{rank}.log").read_text()
 
@@ -95,7 +107,7 @@ def test_two_rank_job_trains_to_completion_in_its_run_directory(tmp_path: Path) 
     # `launch` returned at once: it recorded the job and did not wait for it.
     assert manifest(run_dir)["slurm_job_ids"] == [job_id]
     assert wait_for_final_state(job_id, timeout_s=180) == "COMPLETED"
-    assert jobs_submitted_from(tmp_path) == {job_id}  # what the preflight test relies on
+    assert listed_from(tmp_path, job_id) == {job_id}  # what the preflight test relies on
     assert (run_dir / "config.yaml").is_file()
     assert (run_dir / "checkpoints" / "last.ckpt").is_file()
     assert list((run_dir / "tb").glob("events.out.tfevents.*"))
